@@ -1,0 +1,182 @@
+"""ALFWorld (text mode) on the real TextWorld PDDL engine, offline.
+
+Games are the ``game.tw-pddl`` files under ``json_2.1.1/<split>/<task folder>/<trial>/``, listed
+by a sorted glob (ALFWorld's own discovery wants ``traj_data.json``, which the train split here
+lacks). Each game file embeds its PDDL domain and its grammar with the goal text already filled
+in, so the engine is started from the game file itself, exactly as ALFWorld's
+``AlfredTWEnv.init_env`` does; the package's ``alfworld.info.ALFRED_PDDL_PATH`` / ``..._TWL2_PATH``
+are the templates those embedded copies were generated from. The env is wrapped with ALFWorld's
+``AlfredDemangler`` (readable object names such as "desk 1") and ``AlfredInfos``.
+
+Deliberate choices:
+
+- The observation drops the "-= Welcome to TextWorld, ALFRED! =-" banner and the "Your task is
+  to: ..." sentence; the task goes to ``info["task"]`` and the prompt shows it once.
+- The anchor is the current observation text, no history (as the paper does for ALFWorld).
+- ``admissible`` is the engine's full admissible list, "look", "inventory" and "examine ..."
+  included.
+- An action that is not admissible is still passed to the engine, which answers
+  "Nothing happens." without changing the state; ``info["valid"]`` is False and it counts as a
+  step.
+- Reward is ``success_reward`` on the winning step, 0 otherwise; done on a win or at
+  ``max_steps``.
+
+Speed (one core): about 6-8 steps/s, 1-2 s per reset of a new game.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gigpo.data import GAMES_FOLDER, alfworld_data_dir
+from gigpo.envs.base import Step
+from gigpo.envs.prompts import View, render
+
+# Env split name -> folder under json_2.1.1.
+SPLITS = {"train": "train", "eval_in_distribution": "valid_seen", "eval_out_of_distribution": "valid_unseen"}
+
+# Game folder prefix -> the paper's task type name.
+TASK_TYPES = {
+    "pick_and_place_simple": "pick",
+    "look_at_obj_in_light": "look",
+    "pick_clean_then_place_in_recep": "clean",
+    "pick_heat_then_place_in_recep": "heat",
+    "pick_cool_then_place_in_recep": "cool",
+    "pick_two_obj_and_place": "pick2",
+}
+
+BANNER = "-= Welcome to TextWorld, ALFRED! =-"
+TASK_MARKER = "Your task is to: "
+
+PROMPT = """You are an expert agent operating in the ALFRED embodied household environment.
+Your task is to: {task}
+
+Your last steps:
+{history}
+
+You are now at step {step} and your current observation is:
+{observation}
+
+Your admissible actions are: {admissible}
+
+Reason step by step about the current situation inside <think>...</think>, then choose exactly one admissible action and give it inside <action>...</action>."""
+
+COMPACT_PROMPT = "task: {task}\nobs: {observation}\nactions: {admissible}\n"
+
+
+def task_type(game_file: Path) -> str:
+    """The paper's task type (pick, look, clean, heat, cool, pick2) of a game, from its folder."""
+    folder = game_file.parent.parent.name
+    for prefix, name in TASK_TYPES.items():
+        if folder.startswith(prefix):
+            return name
+    raise ValueError(f"alfworld: unknown task type for game folder {folder!r}")
+
+
+def list_games(data_dir: Path, split: str) -> list[Path]:
+    """Sorted game files of ``split`` (an env split name, see ``SPLITS``)."""
+    if split not in SPLITS:
+        raise ValueError(f"alfworld split: unknown split {split!r}; known: {sorted(SPLITS)}")
+    split_dir = data_dir / GAMES_FOLDER / SPLITS[split]
+    games = sorted(split_dir.glob("*/*/game.tw-pddl"))
+    if not games:
+        raise FileNotFoundError(f"alfworld: no games for split {split!r} in {split_dir}/*/*/game.tw-pddl")
+    return games
+
+
+def split_intro(feedback: str) -> tuple[str, str]:
+    """(observation, task) of the first observation: banner removed, task sentence cut out."""
+    text = feedback.replace(BANNER, "").strip()
+    observation, _, task = text.partition(TASK_MARKER)
+    return observation.strip(), task.strip()
+
+
+class AlfWorldEnv:
+    """One ALFWorld game at a time; ``reset(seed)`` plays game ``seed % len(games)``.
+
+    split:          ``train``, ``eval_in_distribution`` (valid_seen) or
+                    ``eval_out_of_distribution`` (valid_unseen).
+    data_dir:       folder holding ``json_2.1.1``; None finds or unpacks it (gigpo.data).
+    max_steps:      step limit of an episode.
+    success_reward: reward of the winning step.
+    num_games:      use only the first ``num_games`` games of the sorted list (None: all).
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        data_dir: str | None = None,
+        max_steps: int = 50,
+        success_reward: float = 10.0,
+        num_games: int | None = None,
+    ):
+        self.games = list_games(alfworld_data_dir(data_dir), split)[:num_games]
+        self.split = split
+        self.max_steps = max_steps
+        self.success_reward = success_reward
+        self._engine = None
+        self._loaded: Path | None = None
+        self._task = ""
+        self._task_type = ""
+        self._admissible: list[str] = []
+        self.steps = 0
+        self.done = True
+
+    def _load(self, game_file: Path) -> None:
+        """Start the engine on ``game_file``, reusing it when the same game is replayed."""
+        if self._loaded == game_file:
+            return
+        import textworld
+        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+
+        if self._engine is None:
+            request_infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
+            self._engine = textworld.start(str(game_file), request_infos, wrappers=[AlfredDemangler(), AlfredInfos])
+        else:
+            self._engine.load(str(game_file))
+        self._loaded = game_file
+
+    def _observe(self, observation: str, reward: float, won: bool, valid: bool) -> Step:
+        return Step(
+            observation=observation,
+            anchor=observation,
+            admissible=list(self._admissible),
+            reward=reward,
+            done=self.done,
+            won=won,
+            info={"task": self._task, "task_type": self._task_type, "valid": valid,
+                  "game_file": str(self._loaded)},
+        )
+
+    def reset(self, seed: int) -> Step:
+        game_file = self.games[seed % len(self.games)]
+        self._load(game_file)
+        state = self._engine.reset()
+        observation, self._task = split_intro(state.feedback)
+        self._task_type = task_type(game_file)
+        self._admissible = list(state["admissible_commands"])
+        self.steps = 0
+        self.done = False
+        return self._observe(observation, 0.0, won=False, valid=True)
+
+    def step(self, action: str) -> Step:
+        if self.done:
+            raise RuntimeError("alfworld: step() after the episode ended; call reset(seed)")
+        valid = action in self._admissible
+        state, _, _ = self._engine.step(action)
+        self.steps += 1
+        won = bool(state["won"])
+        self._admissible = list(state["admissible_commands"])
+        self.done = won or self.steps >= self.max_steps
+        return self._observe(state.feedback.strip(), self.success_reward if won else 0.0, won=won, valid=valid)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+            self._loaded = None
+
+
+def render_prompt(view: View, compact: bool) -> str:
+    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT``."""
+    return render(COMPACT_PROMPT if compact else PROMPT, view)

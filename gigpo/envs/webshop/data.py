@@ -1,0 +1,202 @@
+"""Load a WebShop catalog and goal set from the benchmark's JSON files.
+
+Files (princeton-nlp/WebShop ``data/``), looked up in ``data_dir``:
+- products:     ``items_shuffle_1000.json`` (else ``items_shuffle.json``): a list of
+                {asin, name, category, query, product_category "A › B › C", small_description
+                (list of bullet strings or a string), full_description, pricing "$12.99" or
+                "$12.99 - $15.99", customization_options {type: [{value, ...}] | null}}.
+- attributes:   ``items_ins_v2_1000.json`` (else ``items_ins_v2.json``): {asin: {attributes: [str]}}.
+- instructions: ``items_human_ins.json``: {asin: [{instruction, instruction_attributes: [str],
+                instruction_options: [str] | {type: value}}]}.
+
+Normalised records (plain dicts, read by ``reward.webshop_score`` and the env):
+- product: asin, name, category, query, product_category, bullets, description, price,
+  price_tag, options {type: [value]}, attributes.
+- goal: asin, instruction, attributes, goal_options, price_upper, name, category, query,
+  product_category.
+
+As in the benchmark (``get_human_goals``): a range price buys at its lower bound; the goal's
+price bound is the larger of two distinct draws from the first four multiples of $10 above the
+product price, appended to the instruction as ", and price lower than X dollars"; goals are
+shuffled with seed 233. Python's draw order differs from the benchmark's, so goal indices and
+bounds do not coincide with the original ones. Splits follow the GiGPO/verl-agent setup: goals
+0-499 are ``test``, the rest ``train`` (the benchmark's ``dev`` split, 500-1499, is inside
+``train``; it is exposed as ``dev`` too).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+PRODUCT_FILES = ("items_shuffle_1000.json", "items_shuffle.json")
+ATTRIBUTE_FILES = ("items_ins_v2_1000.json", "items_ins_v2.json")
+INSTRUCTION_FILE = "items_human_ins.json"
+SPLITS = {"test": (0, 500), "dev": (500, 1500), "train": (500, None)}
+GOAL_SHUFFLE_SEED = 233
+
+_catalogs: dict[str, "Catalog"] = {}
+
+
+class Catalog:
+    """Products (list and by asin) and shuffled goals of one data directory."""
+
+    def __init__(self, path: str, products: list[dict], goals: list[dict]):
+        self.path = path
+        self.products = products
+        self.by_asin = {p["asin"]: p for p in products}
+        self.goals = goals
+
+    def split(self, name: str) -> list[dict]:
+        """The goals of split ``name`` (test: 0-499, dev: 500-1499, train: 500-)."""
+        if name not in SPLITS:
+            raise ValueError(f"split: unknown split {name!r}; known: {sorted(SPLITS)}")
+        start, stop = SPLITS[name]
+        goals = self.goals[start:stop]
+        if not goals:
+            raise ValueError(f"split: {name!r} is empty ({len(self.goals)} goals in {self.path})")
+        return goals
+
+
+def load_catalog(data_dir: str | Path) -> Catalog:
+    """Load (once per process, cached by resolved path) the catalog in ``data_dir``."""
+    key = str(Path(data_dir).resolve())
+    if key not in _catalogs:
+        _catalogs[key] = _load(Path(key))
+    return _catalogs[key]
+
+
+def _pick(data_dir: Path, names: tuple[str, ...]) -> Path:
+    for name in names:
+        if (data_dir / name).is_file():
+            return data_dir / name
+    raise FileNotFoundError(f"{data_dir}: none of {list(names)} found")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path.name}: not valid JSON ({err})") from err
+
+
+def _need(cond: bool, path: Path, where: str, what: str) -> None:
+    if not cond:
+        raise ValueError(f"{path.name}: {where}: {what}")
+
+
+def _is_str_list(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+
+def parse_price(pricing: str) -> tuple[float, str]:
+    """("$12.99 - $15.99") -> (12.99, "$12.99 to $15.99"); the lower bound is the buying price."""
+    values = [float(re.sub(r"[^\d.]", "", part)) for part in pricing.split("$")[1:] if re.search(r"\d", part)]
+    if not values:
+        raise ValueError(f"no price in {pricing!r}")
+    tag = f"${values[0]:.2f}" if len(values) == 1 else f"${values[0]:.2f} to ${values[1]:.2f}"
+    return values[0], tag
+
+
+def _product(record: Any, index: int, attributes: dict, path: Path, attr_path: Path) -> dict:
+    where = f"record {index}"
+    _need(isinstance(record, dict), path, where, "must be an object")
+    _need(isinstance(record.get("asin"), str) and record["asin"], path, where, "field 'asin' must be a non-empty string")
+    where = f"record {index} (asin {record['asin']})"
+    for key in ("name", "product_category", "pricing"):
+        _need(isinstance(record.get(key), str), path, where, f"field {key!r} must be a string")
+    for key in ("category", "query", "full_description"):
+        _need(isinstance(record.get(key, ""), str), path, where, f"field {key!r} must be a string")
+    bullets = record.get("small_description") or []
+    bullets = [bullets] if isinstance(bullets, str) else bullets
+    _need(_is_str_list(bullets), path, where, "field 'small_description' must be a string or list of strings")
+    try:
+        price, price_tag = parse_price(record["pricing"])
+    except ValueError as err:
+        raise ValueError(f"{path.name}: {where}: field 'pricing': {err}") from err
+    custom = record.get("customization_options") or {}
+    _need(isinstance(custom, dict), path, where, "field 'customization_options' must be an object")
+    options: dict[str, list[str]] = {}
+    for kind, values in custom.items():
+        if values is None:
+            continue
+        ok = isinstance(values, list) and all(isinstance(v, dict) and isinstance(v.get("value"), str) for v in values)
+        _need(ok, path, where, f"field 'customization_options.{kind}' must be a list of {{value: str}}")
+        options[kind.lower()] = [v["value"].strip().replace("/", " | ").lower() for v in values]
+    entry = attributes.get(record["asin"], {"attributes": []})
+    _need(isinstance(entry, dict) and _is_str_list(entry.get("attributes", [])), attr_path,
+          f"asin {record['asin']}", "field 'attributes' must be a list of strings")
+    return {
+        "asin": record["asin"],
+        "name": record["name"],
+        "category": record.get("category", ""),
+        "query": record.get("query", ""),
+        "product_category": record["product_category"],
+        "bullets": bullets,
+        "description": record.get("full_description", ""),
+        "price": price,
+        "price_tag": price_tag,
+        "options": options,
+        "attributes": entry.get("attributes", []),
+    }
+
+
+def _price_upper(price: float, rng: random.Random) -> float | None:
+    above = [10.0 * i for i in range(1, 100) if 10.0 * i > price][:4]
+    return max(rng.sample(above, 2)) if len(above) >= 2 else None
+
+
+def _load(data_dir: Path) -> Catalog:
+    product_path = _pick(data_dir, PRODUCT_FILES)
+    attr_path = _pick(data_dir, ATTRIBUTE_FILES)
+    ins_path = _pick(data_dir, (INSTRUCTION_FILE,))
+    raw_products, attributes, instructions = (_read_json(p) for p in (product_path, attr_path, ins_path))
+    _need(isinstance(raw_products, list), product_path, "top level", "must be a list of products")
+    _need(isinstance(attributes, dict), attr_path, "top level", "must be an object keyed by asin")
+    _need(isinstance(instructions, dict), ins_path, "top level", "must be an object keyed by asin")
+
+    products, seen = [], set()
+    for i, record in enumerate(raw_products):
+        product = _product(record, i, attributes, product_path, attr_path)
+        if product["asin"] not in seen:
+            seen.add(product["asin"])
+            products.append(product)
+    by_asin = {p["asin"]: p for p in products}
+
+    rng = random.Random(GOAL_SHUFFLE_SEED)
+    goals = []
+    for asin, records in instructions.items():
+        _need(isinstance(records, list), ins_path, f"asin {asin}", "must be a list of instructions")
+        if asin not in by_asin:
+            continue  # the benchmark also drops instructions of products outside the catalog
+        product = by_asin[asin]
+        for j, rec in enumerate(records):
+            where = f"asin {asin} instruction {j}"
+            _need(isinstance(rec, dict) and isinstance(rec.get("instruction"), str), ins_path, where,
+                  "field 'instruction' must be a string")
+            _need(_is_str_list(rec.get("instruction_attributes", [])), ins_path, where,
+                  "field 'instruction_attributes' must be a list of strings")
+            goal_options = rec.get("instruction_options", [])
+            if isinstance(goal_options, dict):
+                goal_options = list(goal_options.values())
+            _need(_is_str_list(goal_options), ins_path, where,
+                  "field 'instruction_options' must be a list of strings or an object of strings")
+            upper = _price_upper(product["price"], rng)
+            price_text = f", and price lower than {upper:.2f} dollars" if upper is not None else ""
+            goals.append({
+                "asin": asin,
+                "instruction": rec["instruction"].strip().strip(".") + price_text,
+                "attributes": rec.get("instruction_attributes", []),
+                "goal_options": goal_options,
+                "price_upper": upper if upper is not None else 1e6,
+                "name": product["name"],
+                "category": product["category"],
+                "query": product["query"],
+                "product_category": product["product_category"],
+            })
+    _need(bool(goals), ins_path, "top level", "no instruction refers to a product of the catalog")
+    rng.shuffle(goals)
+    return Catalog(str(data_dir), products, goals)

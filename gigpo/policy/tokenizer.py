@@ -1,0 +1,48 @@
+"""A byte-level BPE tokenizer trained locally on environment text (no hub download).
+
+The tiny default policy has no pretrained vocabulary, so the project trains one with the
+`tokenizers` library on text the environment produces (observations, admissible actions and the
+prompt template) and saves it with the run, so a resumed or evaluated run tokenizes identically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+PAD, EOS = "<pad>", "<eos>"
+# Format tags are whole tokens, so the constrained decoder and the projection see them intact.
+TAGS = ["<think>", "</think>", "<action>", "</action>"]
+
+
+def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE of at most ``vocab_size`` tokens on ``corpus``."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS)
+    fast.add_tokens(TAGS)
+    fast.padding_side = "left"
+    return fast
+
+
+def load_or_build_tokenizer(folder: Path, corpus_fn, vocab_size: int) -> PreTrainedTokenizerFast:
+    """Load the run's tokenizer from ``folder``, or build it from ``corpus_fn()`` and save it there."""
+    if (folder / "tokenizer.json").exists():
+        tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    else:
+        tok = build_tokenizer(corpus_fn(), vocab_size)
+        folder.mkdir(parents=True, exist_ok=True)
+        tok.save_pretrained(str(folder))
+    tok.padding_side = "left"
+    return tok

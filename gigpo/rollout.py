@@ -1,0 +1,126 @@
+"""Multi-turn rollout: B task groups x N trajectories, one training sample per environment step.
+
+The group runner owns the environments and the step loop; this module supplies its ``act``
+callback (render each env's prompt, generate a batch of responses) and turns the runner's step
+records into flat per-step arrays for ``compute_advantages`` and the loss.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gigpo.config import EnvConfig, ModelConfig, env_options
+from gigpo.envs import env_module, make
+from gigpo.envs.prompts import View
+from gigpo.policy.model import Sample, as_chat, generate
+from gigpo.runner import GroupRunner, StepRecord
+
+
+@dataclass
+class Rollout:
+    """Step records of one rollout with their flat per-step views."""
+
+    records: list[StepRecord]
+    generate_s: float = 0.0
+    total_s: float = 0.0
+    tokens: int = 0
+    reward: np.ndarray = field(init=False)  # [n] reward with the invalid-action penalty applied
+    group_id: np.ndarray = field(init=False)  # [n]
+    traj_id: np.ndarray = field(init=False)  # [n]
+    anchor: list = field(init=False)  # [n]
+
+    def __post_init__(self):
+        self.group_id = np.array([r.group_id for r in self.records], dtype=np.int64)
+        self.traj_id = np.array([r.traj_id for r in self.records], dtype=np.int64)
+        self.anchor = [r.anchor for r in self.records]
+        self.reward = np.array([r.reward for r in self.records], dtype=np.float64)
+
+    def penalise_invalid(self, penalty: float) -> None:
+        invalid = np.array([not r.valid for r in self.records])
+        self.reward = self.reward - penalty * invalid
+
+    @property
+    def samples(self) -> list[Sample]:
+        return [r.payload for r in self.records]
+
+
+def make_act(policy, tokenizer, env_cfg: EnvConfig, model_cfg: ModelConfig, temperature: float, clock: dict):
+    """The runner's callback: prompts for a batch of views -> (response text, Sample) each."""
+    module = env_module(env_cfg.name)
+    # Envs with free-form actions (WebShop's search) may list concrete choices for the constrained decoder.
+    decodable = getattr(module, "decodable_actions", lambda view: view.admissible)
+
+    def act(views: list[View]):
+        prompts = [as_chat(tokenizer, module.render_prompt(v, env_cfg.compact_prompt)) for v in views]
+        admissible = [decodable(v) for v in views] if model_cfg.constrained else None
+        start = time.perf_counter()
+        samples = generate(policy, tokenizer, prompts, model_cfg, temperature, admissible)
+        clock["generate_s"] += time.perf_counter() - start
+        clock["tokens"] += sum(len(s.response_ids) for s in samples)
+        return [(s.text, s) for s in samples]
+
+    return act
+
+
+def rollout(runner: GroupRunner, act_factory, seeds: list[int], group_size: int) -> Rollout:
+    """Roll out len(seeds) groups of ``group_size`` trajectories; times generation separately."""
+    clock = {"generate_s": 0.0, "tokens": 0}
+    start = time.perf_counter()
+    records = runner.run(seeds, group_size, act_factory(clock))
+    return Rollout(records, clock["generate_s"], time.perf_counter() - start, clock["tokens"])
+
+
+def episode_summary(records: list[StepRecord]) -> dict[str, float]:
+    """Success (overall and per task type), return, length and invalid-action rate per episode."""
+    episodes: dict[int, list[StepRecord]] = defaultdict(list)
+    for r in records:
+        episodes[r.traj_id].append(r)
+    won = {t: rows[-1].won for t, rows in episodes.items()}
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    for t, rows in episodes.items():
+        by_type[rows[0].task_type].append(won[t])
+    out = {
+        "success": float(np.mean(list(won.values()))) if won else 0.0,
+        "episode_return": float(np.mean([sum(r.reward for r in rows) for rows in episodes.values()])) if won else 0.0,
+        "episode_length": float(np.mean([len(rows) for rows in episodes.values()])) if won else 0.0,
+        "invalid_rate": float(np.mean([not r.valid for r in records])) if records else 0.0,
+        "episodes": float(len(episodes)),
+    }
+    if any("score" in r.info for r in records):
+        out["score"] = float(np.mean([rows[-1].info.get("score", 0.0) for rows in episodes.values()]))
+    out.update({f"success/{k}": float(np.mean(v)) for k, v in sorted(by_type.items())})
+    return out
+
+
+def env_corpus(env_cfg: EnvConfig, episodes: int = 16, seed: int = 0) -> list[str]:
+    """Text for training the tiny model's tokenizer: prompts of random-action episodes."""
+    module = env_module(env_cfg.name)
+    decodable = getattr(module, "decodable_actions", lambda view: view.admissible)
+    options = env_options(env_cfg)
+    options.pop("val_split", None)
+    env = make(env_cfg.name, **options)
+    rng = random.Random(seed)
+    texts = []
+    try:
+        for episode in range(episodes):
+            step = env.reset(seed=episode)
+            history: list[tuple[str, str]] = []
+            for t in range(env_cfg.max_steps):
+                view = View(0, 0, 0, t, step.info.get("task", ""), step.observation, list(step.admissible),
+                            history[-env_cfg.history_len :])
+                texts.append(module.render_prompt(view, env_cfg.compact_prompt))
+                actions = decodable(view)
+                texts.extend(f"<action>{a}</action>" for a in actions)
+                if step.done or not actions:
+                    break
+                action = rng.choice(actions)
+                history.append((step.observation, action))
+                step = env.step(action)
+    finally:
+        env.close()
+    return texts

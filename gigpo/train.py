@@ -1,0 +1,321 @@
+"""The training loop: rollout -> rewards -> advantages -> PPO update -> validate -> log -> checkpoint.
+
+Deliberate simplifications against the paper's verl-based setup, and why:
+- one process, HF ``generate`` on the policy itself (no separate inference engine) on the default
+  path, so ``breakpoint()`` works anywhere; ``rollout=vllm`` and ``train.strategy=deepspeed`` are
+  the scale path;
+- old log-probs are recomputed in one no-grad pass right after the rollout (as verl does) rather
+  than taken from the sampler, so sampling tricks (constrained decoding) never leak into the ratio;
+- every env step is one sample whose response tokens share that step's advantage (GiGPO Eq. 8).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from gigpo.config import env_options
+from gigpo.advantage import advantage_parts, step_group_stats
+from gigpo.loss import policy_loss
+from gigpo.policy.model import build_tiny, load_hf, pad_batch, token_logprobs
+from gigpo.policy.tokenizer import load_or_build_tokenizer
+from gigpo.rollout import Rollout, env_corpus, episode_summary, make_act, rollout
+from gigpo.runner import GroupRunner
+from gigpo.tracking import CHECKPOINT, MetricsLog, load_checkpoint, peak_memory_mb, save_checkpoint, set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_policy(cfg: DictConfig, run_dir: Path):
+    """Policy, frozen reference (or None) and tokenizer. The tiny model's init depends on the seed only."""
+    if cfg.model.name == "hf":
+        policy, tokenizer = load_hf(cfg.model)
+    else:
+        tokenizer = load_or_build_tokenizer(run_dir / "tokenizer", lambda: env_corpus(cfg.env), cfg.model.vocab_size)
+        torch.manual_seed(cfg.train.seed)
+        policy = build_tiny(cfg.model, tokenizer)
+    if cfg.model.lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        policy = get_peft_model(policy, LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
+                                                   lora_dropout=cfg.model.lora_dropout, target_modules="all-linear"))
+    if cfg.model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    reference = None
+    if cfg.algo.kl_coef > 0:
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    return policy.to(cfg.train.device), reference, tokenizer
+
+
+def make_runner(cfg: DictConfig, validation: bool = False) -> GroupRunner:
+    options = env_options(cfg.env)
+    if validation and "val_split" in options:
+        options["split"] = options["val_split"]
+    options.pop("val_split", None)
+    return GroupRunner(cfg.env.name, options, num_workers=cfg.env.workers, step_timeout_s=cfg.env.step_timeout_s,
+                       history_len=cfg.env.history_len)
+
+
+def validate(cfg: DictConfig, runner: GroupRunner, policy, tokenizer) -> dict[str, float]:
+    """Success on held-out episodes: seeds val_seed_offset.. on the validation split, each played once."""
+    policy.eval()
+    seeds = [cfg.env.val_seed_offset + i for i in range(cfg.env.val_episodes)]
+    act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.val_temperature, clock)  # noqa: E731
+    result = rollout(runner, act, seeds, group_size=1)
+    return {f"val/{k}": v for k, v in episode_summary(result.records).items()}
+
+
+def collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: int) -> tuple[Rollout, int]:
+    """Roll out cfg.env.groups groups; with dynamic sampling, drop no-signal groups and roll out more."""
+    act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.temperature, clock)  # noqa: E731
+    base = iteration * cfg.env.groups * (1 + cfg.algo.max_resample)  # seeds never repeat across iterations
+    seeds = [base + g for g in range(cfg.env.groups)]
+    result = rollout(runner, act, seeds, cfg.algo.group_size)
+    if not cfg.algo.dynamic_sampling:
+        return result, 0
+    kept, dropped, next_seed = [], 0, base + cfg.env.groups
+    for round_ in range(cfg.algo.max_resample + 1):
+        returns: dict[tuple[int, int], float] = {}
+        for r in result.records:
+            returns[(r.group_id, r.traj_id)] = returns.get((r.group_id, r.traj_id), 0.0) + r.reward
+        spread = {g: np.ptp([v for (gg, _), v in returns.items() if gg == g]) for g, _ in returns}
+        good = {g for g, s in spread.items() if s > 0}
+        dropped += len(spread) - len(good)
+        offset = 1_000_000 * round_  # keep group ids distinct across rounds
+        for r in result.records:
+            if r.group_id in good:
+                r.group_id += offset
+                r.traj_id += offset
+                kept.append(r)
+        missing = cfg.env.groups - len({r.group_id for r in kept})
+        if missing <= 0 or round_ == cfg.algo.max_resample:
+            break
+        result = rollout(runner, act, list(range(next_seed, next_seed + missing)), cfg.algo.group_size)
+        next_seed += missing
+    merged = Rollout(kept or result.records)
+    return merged, dropped
+
+
+def compute_step_advantages(cfg: DictConfig, batch: Rollout) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-step advantages from cfg.algo, plus advantage and step-group statistics for logging."""
+    a = cfg.algo
+    parts = advantage_parts(a.name, batch.reward, batch.group_id, batch.traj_id, batch.anchor, gamma=a.gamma,
+                            step_weight=a.step_weight, mode=a.mode, eps=a.eps, episode_stats=a.episode_stats,
+                            similarity=a.similarity)
+    stats = {f"step_groups/{k}": v for k, v in step_group_stats(parts["step_group"]).items()}
+    for name in ("advantage", "episode", "step"):
+        values = parts[name]
+        stats[f"adv/{name}_mean"] = float(values.mean())
+        stats[f"adv/{name}_std"] = float(values.std())
+        stats[f"adv/{name}_abs_mean"] = float(np.abs(values).mean())
+    stats["adv/step_nonzero_share"] = float((parts["step"] != 0).mean())
+    return parts["advantage"], stats
+
+
+def update(cfg: DictConfig, policy, reference, optimizer, batch: Rollout, advantages: np.ndarray, iteration: int):
+    """PPO-clip epochs over shuffled mini-batches of env-step samples; returns averaged loss metrics."""
+    device = cfg.train.device
+    samples = batch.samples
+    pad_id = policy.config.pad_token_id if hasattr(policy, "config") else 0
+    vocab_size = policy.get_output_embeddings().weight.shape[0]
+    micro = cfg.train.micro_batch_size
+
+    def forward(rows, model, with_entropy=False):
+        tensors = pad_batch([samples[i] for i in rows], pad_id, device, vocab_size)
+        logp, entropy = token_logprobs(model, tensors, cfg.model.temperature, with_entropy)
+        return logp, entropy, tensors["response_mask"]
+
+    # Old (and reference) log-probs: one no-grad pass, padded per micro-batch.
+    policy.eval()
+    old, ref = {}, {}
+    with torch.no_grad():
+        for start in range(0, len(samples), micro):
+            rows = list(range(start, min(start + micro, len(samples))))
+            logp, _, _ = forward(rows, policy)
+            for k, i in enumerate(rows):
+                old[i] = logp[k]
+            if reference is not None:
+                logp, _, _ = forward(rows, reference)
+                for k, i in enumerate(rows):
+                    ref[i] = logp[k]
+
+    policy.train()
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + iteration)
+    totals: dict[str, float] = {}
+    steps = 0
+    adv = torch.as_tensor(advantages, dtype=torch.float32)
+    for _ in range(cfg.train.ppo_epochs):
+        order = torch.randperm(len(samples), generator=generator).tolist()
+        for start in range(0, len(order), cfg.train.mini_batch_size):
+            mini = order[start : start + cfg.train.mini_batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            tokens_in_mini = sum(len(samples[i].response_ids) for i in mini)
+            for m in range(0, len(mini), micro):
+                rows = mini[m : m + micro]
+                logp, entropy, mask = forward(rows, policy, with_entropy=True)
+                width = logp.shape[1]
+                old_lp = torch.stack([_fit(old[i], width) for i in rows])
+                ref_lp = torch.stack([_fit(ref[i], width) for i in rows]) if reference is not None else None
+                loss, metrics = policy_loss(logp, old_lp, adv[rows].to(device), mask, cfg.algo.clip_low,
+                                            cfg.algo.clip_high, cfg.algo.loss_agg, ref_lp, cfg.algo.kl_coef,
+                                            entropy, cfg.algo.entropy_coef)
+                # Micro-batches split a mini-batch: weight each by its share so the sum is the mini-batch mean.
+                share = (mask.sum().item() / max(tokens_in_mini, 1)) if cfg.algo.loss_agg == "token_mean" else len(rows) / len(mini)
+                (loss * share).backward()
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v * share
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.grad_clip)
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(grad_norm)
+            optimizer.step()
+            steps += 1
+    return {f"loss/{k}": v / max(steps, 1) for k, v in totals.items()}
+
+
+def _fit(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad or cut a per-token row computed in another micro-batch to this batch's width."""
+    if values.shape[0] >= width:
+        return values[:width]
+    return torch.nn.functional.pad(values, (0, width - values.shape[0]))
+
+
+def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | None = None) -> float:
+    """Train per ``cfg`` in ``cfg.run_dir``; returns the final validation success.
+
+    ``on_validation(iteration, env_steps, val_metrics)`` is called after every validation; a
+    sweep uses it to report to its pruner (an exception it raises ends the run).
+    """
+    run_dir = Path(cfg.run_dir or ".").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+
+    # ---- build: policy, optimizer, environments; resume from the last checkpoint if any
+    seed_everything(cfg.train.seed)
+    policy, reference, tokenizer = build_policy(cfg, run_dir)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.train.lr,
+                                  weight_decay=cfg.train.weight_decay)
+    start, env_steps, wall_offset = 0, 0, 0.0
+    checkpoint = run_dir / CHECKPOINT
+    if cfg.train.resume and checkpoint.exists():
+        state = load_checkpoint(checkpoint)
+        policy.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start, env_steps, wall_offset = state["iteration"], state["env_steps"], state["wall_s"]
+        log.info("resumed from %s at iteration %d", checkpoint, start)
+    metrics_log = MetricsLog(run_dir, cfg, resume_iteration=start)
+    train_runner, val_runner = make_runner(cfg), make_runner(cfg, validation=True)
+    wall_start = time.perf_counter() - wall_offset
+    final_val: dict[str, float] = {}
+
+    try:
+        bar = tqdm(range(start, cfg.train.iterations), initial=start, total=cfg.train.iterations, desc="iterations")
+        for iteration in bar:
+            metrics: dict[str, float] = {"iter": iteration}
+            if cfg.train.max_env_steps and env_steps >= cfg.train.max_env_steps:
+                break
+            if iteration % cfg.train.val_every == 0:
+                val = validate(cfg, val_runner, policy, tokenizer)
+                metrics.update(val)
+                if on_validation is not None:
+                    on_validation(iteration, env_steps, val)
+
+            # ---- rollout: B groups x N trajectories, one sample per env step
+            policy.eval()
+            batch, dropped = collect(cfg, train_runner, policy, tokenizer, iteration)
+            batch.penalise_invalid(cfg.env.invalid_penalty)
+            env_steps += len(batch.records)
+
+            # ---- advantages (GiGPO Eq. 8, or GRPO / RLOO)
+            t0 = time.perf_counter()
+            advantages, adv_stats = compute_step_advantages(cfg, batch)
+            advantage_s = time.perf_counter() - t0
+
+            # ---- PPO update
+            t0 = time.perf_counter()
+            loss_stats = update(cfg, policy, reference, optimizer, batch, advantages, iteration)
+            update_s = time.perf_counter() - t0
+
+            # ---- log
+            metrics.update({f"train/{k}": v for k, v in episode_summary(batch.records).items()})
+            metrics.update(adv_stats)
+            metrics.update(loss_stats)
+            metrics.update({
+                "env_steps": env_steps,
+                "train/dropped_groups": dropped,
+                "time/rollout_s": batch.total_s,
+                "time/generate_s": batch.generate_s,
+                "time/env_s": max(batch.total_s - batch.generate_s, 0.0),
+                "time/advantage_s": advantage_s,
+                "time/update_s": update_s,
+                "time/wall_s": time.perf_counter() - wall_start,
+                "perf/tokens_per_s": batch.tokens / max(batch.generate_s, 1e-9),
+                "perf/peak_mem_mb": peak_memory_mb(),
+            })
+            metrics_log.write(metrics)
+            bar.set_postfix(success=f"{metrics['train/success']:.2f}",
+                            val=f"{metrics.get('val/success', math.nan):.2f}")
+
+            # ---- checkpoint (after the metrics line, so a resumed run rewrites nothing it kept)
+            done = iteration + 1
+            budget_spent = bool(cfg.train.max_env_steps) and env_steps >= cfg.train.max_env_steps
+            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.iterations or budget_spent:
+                save_checkpoint(run_dir, done, policy, optimizer,
+                                {"env_steps": env_steps, "wall_s": time.perf_counter() - wall_start})
+
+        # ---- final validation, logged as the iteration after the last one
+        final_val = validate(cfg, val_runner, policy, tokenizer)
+        last = metrics_log.last_iteration() + 1
+        metrics_log.write({"iter": last, "env_steps": env_steps, "final": True,
+                           "time/wall_s": time.perf_counter() - wall_start, **final_val})
+        if on_validation is not None:
+            on_validation(last, env_steps, final_val)
+    finally:
+        train_runner.close()
+        val_runner.close()
+    summary = {"final/val_success": final_val.get("val/success", 0.0), "env_steps": env_steps}
+    (run_dir / "summary.json").write_text(json.dumps({**summary, **final_val}, indent=2, sort_keys=True))
+    metrics_log.close(summary)
+    return float(summary["final/val_success"])
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """mode=eval: load ``checkpoint`` (a file or a run dir) and report validation success per task type."""
+    path = Path(cfg.checkpoint)
+    run_dir = path if path.is_dir() else path.parent.parent
+    file = run_dir / CHECKPOINT if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"checkpoint: {file} does not exist")
+    seed_everything(cfg.train.seed)
+    policy, _, tokenizer = build_policy(cfg, run_dir)
+    policy.load_state_dict(load_checkpoint(file)["model"])
+    runner = make_runner(cfg, validation=True)
+    try:
+        result = validate(cfg, runner, policy, tokenizer)
+    finally:
+        runner.close()
+    out_dir = Path(cfg.run_dir or ".")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    for key, value in sorted(result.items()):
+        print(f"{key:40s} {value:.3f}")
+    return result

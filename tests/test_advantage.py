@@ -1,0 +1,172 @@
+"""Advantage estimators: hand-computed cases, loop-oracle equivalence, invariants, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advantage_oracle import oracle
+from gigpo.advantage import advantage_parts, compute_advantages, step_group_ids, step_group_stats
+
+# One group, two trajectories of three and two steps; a second group of one trajectory.
+#   traj 0: s0 -a-> s1 -b-> s2 -c-> reward 1 (won)       traj 1: s0 -d-> s1 -e-> 0
+#   traj 2 (group 1, alone): x -> y, reward 1 at the end
+REWARD = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+GROUP = [0, 0, 0, 0, 0, 1, 1]
+TRAJ = [0, 0, 0, 1, 1, 2, 2]
+ANCHOR = ["s0", "s1", "s2", "s0", "s1", "x", "y"]
+
+
+def test_gigpo_hand_computed_mean_mode():
+    parts = advantage_parts("gigpo", REWARD, GROUP, TRAJ, ANCHOR, gamma=0.9, mode="mean")
+    # Eq. 3: R(traj0) = 1, R(traj1) = 0, group mean 0.5 -> A_E = +0.5 / -0.5; group 1 alone -> 0.
+    np.testing.assert_allclose(parts["episode"], [0.5, 0.5, 0.5, -0.5, -0.5, 0, 0])
+    # Eq. 5 with gamma 0.9: traj0 R_t = 0.81, 0.9, 1; traj1 R_t = 0, 0.
+    # Eq. 7: step group s0 = {0.81, 0} mean 0.405 -> +-0.405; s1 = {0.9, 0} -> +-0.45; s2, x, y alone -> 0.
+    np.testing.assert_allclose(parts["step"], [0.405, 0.45, 0, -0.405, -0.45, 0, 0])
+    # Eq. 8 with w = 1.
+    np.testing.assert_allclose(parts["advantage"], [0.905, 0.95, 0.5, -0.905, -0.95, 0, 0])
+
+
+def test_gigpo_hand_computed_mean_std_mode():
+    adv = compute_advantages("gigpo", REWARD, GROUP, TRAJ, ANCHOR, gamma=0.9, step_weight=0.5,
+                             mode="mean_std", eps=0.0)
+    # Two-member groups {a, b}: std(ddof=1) = |a - b| / sqrt(2), so each member normalises to
+    # +-(|a - b| / 2) / (|a - b| / sqrt 2) = +-1/sqrt(2) whatever a and b are (a != b).
+    h = 1 / math.sqrt(2)
+    np.testing.assert_allclose(adv, [h + 0.5 * h, h + 0.5 * h, h, -h - 0.5 * h, -h - 0.5 * h, 0, 0])
+
+
+def test_grpo_and_rloo_hand_computed():
+    # Group of three trajectories with returns 3, 0, 0 (one row each): mean 1, std(ddof=1) sqrt(3).
+    reward, group, traj, anchor = [3.0, 0.0, 0.0], [7, 7, 7], ["a", "b", "c"], [0, 0, 0]
+    np.testing.assert_allclose(compute_advantages("grpo", reward, group, traj, anchor, eps=0.0),
+                               [2 / math.sqrt(3), -1 / math.sqrt(3), -1 / math.sqrt(3)])
+    # RLOO: 3 - mean(0, 0) = 3; 0 - mean(3, 0) = -1.5.
+    np.testing.assert_allclose(compute_advantages("rloo", reward, group, traj, anchor), [3.0, -1.5, -1.5])
+
+
+def test_shaped_rewards_and_non_contiguous_rows():
+    # Rows of two trajectories interleaved in time; per-step rewards.
+    reward = [1.0, 2.0, 0.5, 0.0]
+    traj = [0, 1, 0, 1]
+    group = [0, 0, 0, 0]
+    anchor = ["A", "A", "B", "C"]
+    parts = advantage_parts("gigpo", reward, group, traj, anchor, gamma=0.5)
+    # R(traj0) = 1.5, R(traj1) = 2 -> A_E = -0.25, +0.25.
+    np.testing.assert_allclose(parts["episode"], [-0.25, 0.25, -0.25, 0.25])
+    # traj0: R_0 = 1 + 0.5 * 0.5 = 1.25; traj1: R_0 = 2 + 0 = 2. Step group A = {1.25, 2} -> -+0.375.
+    np.testing.assert_allclose(parts["step"], [-0.375, 0.375, 0.0, 0.0])
+
+
+def test_episode_stats_over_steps_weighs_long_trajectories():
+    # Reference-code behaviour: statistics over step rows. Rows carry R = 1,1,1,0,0 -> mean 0.6.
+    adv = compute_advantages("grpo", REWARD[:5], GROUP[:5], TRAJ[:5], ANCHOR[:5], mode="mean",
+                             episode_stats="step")
+    np.testing.assert_allclose(adv, [0.4, 0.4, 0.4, -0.6, -0.6])
+
+
+def test_similarity_grouping_merges_near_identical_text():
+    anchors = ["you are in the kitchen. a fridge 1.", "you are in the kitchen. a fridge 2.", "a garden"]
+    codes = step_group_ids([0, 0, 0], anchors, similarity=0.9)
+    assert codes[0] == codes[1] != codes[2]
+    assert len(set(step_group_ids([0, 0, 0], anchors).tolist())) == 3
+    # Same texts in different episode groups never share a step group.
+    assert len(set(step_group_ids([0, 1], anchors[:2], similarity=0.9).tolist())) == 2
+
+
+def test_step_group_stats():
+    stats = step_group_stats(np.array([0, 0, 1, 2, 2, 2, 3]))
+    # sizes 2, 1, 3, 1 -> 4 groups, mean 7/4, half singletons.
+    assert stats["count"] == 4 and stats["mean_size"] == 1.75 and stats["singleton_share"] == 0.5
+    assert stats["size_hist/1"] == 0.5 and stats["size_hist/2-5"] == 0.5 and stats["size_hist/10+"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, culprit",
+    [
+        (dict(reward=[0.0, float("nan")]), "reward"),
+        (dict(reward=[0.0, float("inf")]), "reward"),
+        (dict(group_id=[0]), "group_id"),
+        (dict(traj_id=[0, 1, 2]), "traj_id"),
+        (dict(anchor_key=[[1], [2]]), "anchor_key"),
+        (dict(name="ppo"), "estimator"),
+        (dict(mode="std"), "mode"),
+        (dict(episode_stats="rows"), "episode_stats"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, culprit):
+    args = dict(name="gigpo", reward=[0.0, 1.0], group_id=[0, 0], traj_id=[0, 1], anchor_key=["a", "a"])
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=culprit):
+        compute_advantages(**args)
+
+
+# ------------------------------------------------------------------ property tests
+
+
+@st.composite
+def batches(draw):
+    """Random flat batches: ties, all-equal returns, singletons, mixed anchor types, shuffled rows."""
+    n_groups = draw(st.integers(1, 4))
+    anchor_kind = draw(st.sampled_from(["str", "tuple", "int"]))
+    n_states = draw(st.integers(1, 4))  # few states -> many shared anchors; 1 -> all rows alike
+    reward_pool = draw(st.sampled_from([[0.0], [0.0, 1.0], [0.0, 10.0, -0.1], None]))
+    rows = []
+    traj_counter = 0
+    for g in range(n_groups):
+        for _ in range(draw(st.integers(1, 4))):
+            length = draw(st.integers(1, 6))
+            for t in range(length):
+                state = draw(st.integers(0, n_states - 1))
+                if reward_pool is None:
+                    r = draw(st.floats(-5, 5, allow_nan=False, allow_infinity=False))
+                else:
+                    r = draw(st.sampled_from(reward_pool))
+                anchor = {"str": f"state {state}", "tuple": (state, "room"), "int": state}[anchor_kind]
+                rows.append((g * 100, traj_counter, t, anchor, r))
+            traj_counter += 1
+    # Shuffle rows while keeping each trajectory's rows in time order.
+    keys = draw(st.lists(st.floats(0, 1), min_size=len(rows), max_size=len(rows)))
+    order = sorted(range(len(rows)), key=lambda i: keys[i])
+    by_traj: dict[int, list] = {}
+    for i in order:
+        by_traj.setdefault(rows[i][1], []).append(rows[i])
+    queues = {k: sorted(v, key=lambda r: r[2]) for k, v in by_traj.items()}
+    shuffled = [queues[rows[i][1]].pop(0) for i in order]
+    return shuffled
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=batches(), name=st.sampled_from(["gigpo", "grpo", "rloo"]), mode=st.sampled_from(["mean", "mean_std"]),
+       gamma=st.sampled_from([0.0, 0.5, 0.95, 1.0]), w=st.sampled_from([0.0, 0.5, 1.0]),
+       stats=st.sampled_from(["trajectory", "step"]))
+def test_vectorised_equals_loop_oracle(batch, name, mode, gamma, w, stats):
+    group, traj, _, anchor, reward = (list(c) for c in zip(*batch))
+    got = compute_advantages(name, reward, group, traj, anchor, gamma=gamma, step_weight=w, mode=mode,
+                             episode_stats=stats)
+    want = oracle(name, reward, group, traj, anchor, gamma=gamma, step_weight=w, mode=mode, episode_stats=stats)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=batches())
+def test_invariants(batch):
+    group, traj, _, anchor, reward = (list(c) for c in zip(*batch))
+    parts = advantage_parts("gigpo", reward, group, traj, anchor, step_weight=0.0, mode="mean")
+    # step_weight = 0 leaves the episode part alone, equal to GRPO in the same mode.
+    np.testing.assert_allclose(parts["advantage"], parts["episode"])
+    np.testing.assert_allclose(parts["advantage"], compute_advantages("grpo", reward, group, traj, anchor, mode="mean"))
+    # In mode "mean" the episode part of each group sums to zero over trajectories.
+    per_traj = {}
+    for g, t, a in zip(group, traj, parts["episode"]):
+        per_traj[(g, t)] = a
+    for g in set(group):
+        assert abs(sum(a for (gg, _), a in per_traj.items() if gg == g)) < 1e-9
+    # Step parts sum to zero inside each step group.
+    sums = np.bincount(parts["step_group"], weights=advantage_parts("gigpo", reward, group, traj, anchor)["step"])
+    np.testing.assert_allclose(sums, 0.0, atol=1e-9)

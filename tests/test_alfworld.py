@@ -1,0 +1,111 @@
+"""ALFWorld on the real engine: stored walkthroughs win, task parsing, invalid actions.
+
+Skipped when the alfworld package or the shared game data is absent.
+"""
+
+import json
+
+import pytest
+
+pytest.importorskip("alfworld", reason="alfworld not installed (pip install 'gigpo[alfworld]')")
+pytest.importorskip("textworld", reason="textworld not installed (pip install 'gigpo[alfworld]')")
+
+from gigpo.data import alfworld_data_dir  # noqa: E402
+from gigpo.envs import make  # noqa: E402
+from gigpo.envs.alfworld import TASK_TYPES, AlfWorldEnv, list_games  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    try:
+        return alfworld_data_dir()
+    except FileNotFoundError as error:
+        pytest.skip(f"ALFWorld game data absent: {error}")
+
+
+@pytest.fixture(scope="session")
+def seen_env(data_dir):
+    env = make("alfworld", split="eval_in_distribution", data_dir=str(data_dir))
+    yield env
+    env.close()
+
+
+def play_walkthrough(env, seed):
+    step = env.reset(seed)
+    walkthrough = json.load(open(step.info["game_file"]))["walkthrough"]
+    for action in walkthrough:
+        assert action in step.admissible
+        step = env.step(action)
+    return step, len(walkthrough)
+
+
+def test_game_lists_and_task_types(data_dir):
+    assert len(list_games(data_dir, "eval_in_distribution")) == 140
+    assert len(list_games(data_dir, "train")) > 3000
+    with pytest.raises(ValueError):
+        list_games(data_dir, "test")
+
+
+def test_walkthroughs_win_on_a_sample(seen_env):
+    # one game of each task type: seeds chosen by task folder
+    by_type = {}
+    for seed, game in enumerate(seen_env.games):
+        by_type.setdefault(game.parent.parent.name.split("-")[0], seed)
+    assert set(by_type) == set(TASK_TYPES)
+    for seed in list(by_type.values())[:3]:
+        step, length = play_walkthrough(seen_env, seed)
+        assert step.won and step.done and step.reward == 10.0
+        assert step.info["task_type"] in TASK_TYPES.values()
+
+
+def test_reset_contract_and_invalid_action(seen_env):
+    step = seen_env.reset(140 + 5)  # seeds wrap around the game list
+    assert step.info["game_file"] == str(seen_env.games[5])
+    assert step.info["task"] and "Your task is to" not in step.observation
+    assert step.anchor == step.observation and "look" in step.admissible
+    before = list(step.admissible)
+    step = seen_env.step("fly to the moon")
+    assert not step.info["valid"] and step.observation == "Nothing happens." and not step.done
+    assert step.admissible == before and step.reward == 0.0
+
+
+def test_max_steps_ends_episode(data_dir):
+    env = AlfWorldEnv(split="eval_in_distribution", data_dir=str(data_dir), max_steps=2, num_games=3)
+    assert len(env.games) == 3
+    env.reset(0)
+    assert not env.step("look").done
+    last = env.step("look")
+    assert last.done and not last.won
+    env.close()
+
+
+def test_out_of_distribution_split_absent_is_a_clear_error(data_dir):
+    if (data_dir / "json_2.1.1" / "valid_unseen").exists():
+        pytest.skip("valid_unseen present")
+    with pytest.raises(FileNotFoundError, match="eval_out_of_distribution"):
+        AlfWorldEnv(split="eval_out_of_distribution", data_dir=str(data_dir))
+
+
+@pytest.mark.slow
+def test_all_walkthroughs_win(seen_env):
+    for seed in range(len(seen_env.games)):
+        assert play_walkthrough(seen_env, seed)[0].won
+
+
+def test_data_dir_unpacks_once_into_cache_and_errors_clearly(data_dir, tmp_path, monkeypatch):
+    from gigpo.data import shared_alfworld_dir
+
+    if not list(shared_alfworld_dir().glob("*.tar.xz")):
+        pytest.skip("shared archives absent")
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    monkeypatch.setenv("GIGPO_CACHE", str(tmp_path / "cache"))
+    unpacked = alfworld_data_dir()
+    assert unpacked == tmp_path / "cache" / "alfworld"
+    marker = unpacked / "json_2.1.1" / "valid_seen"
+    stamp = marker.stat().st_mtime_ns
+    assert alfworld_data_dir() == unpacked and marker.stat().st_mtime_ns == stamp
+    assert not [p for p in unpacked.iterdir() if p.name.startswith(".unpack-")]
+    monkeypatch.setenv("GIGPO_SHARED", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("GIGPO_CACHE", str(tmp_path / "other"))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        alfworld_data_dir()
