@@ -148,8 +148,8 @@ class ModelConfig:
     temperature: float = 1.0
     """Rollout sampling temperature."""
     top_p: float = 1.0
-    val_temperature: float = 0.0
-    """Validation temperature; 0 is greedy."""
+    val_temperature: float = 0.4
+    """Validation temperature (the paper evaluates at 0.4); 0 is greedy."""
     constrained: bool = True
     """Decode only `<action>a</action>` for admissible a (prefix tree); for format-blind models."""
     dtype: str = "float32"
@@ -163,7 +163,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 30
+    iterations: int = 300
     max_env_steps: int = 0
     """Stop once this many env steps were collected (a fair budget across group sizes); 0: no cap."""
     seed: int = 0
@@ -175,9 +175,9 @@ class TrainConfig:
     micro_batch_size: int = 64
     """Samples per forward pass (gradient accumulation inside a mini-batch)."""
     grad_clip: float = 1.0
-    val_every: int = 5
+    val_every: int = 10
     """Validate every K iterations (and at 0 and at the end)."""
-    checkpoint_every: int = 5
+    checkpoint_every: int = 10
     resume: bool = True
     """Continue from the run directory's last checkpoint when one exists."""
     device: str = "cpu"

@@ -49,7 +49,8 @@ class Rollout:
         return [r.payload for r in self.records]
 
 
-def make_act(policy, tokenizer, env_cfg: EnvConfig, model_cfg: ModelConfig, temperature: float, clock: dict):
+def make_act(policy, tokenizer, env_cfg: EnvConfig, model_cfg: ModelConfig, temperature: float, clock: dict,
+             generate_fn=generate):
     """The runner's callback: prompts for a batch of views -> (response text, Sample) each."""
     module = env_module(env_cfg.name)
     # Envs with free-form actions (WebShop's search) may list concrete choices for the constrained decoder.
@@ -59,7 +60,7 @@ def make_act(policy, tokenizer, env_cfg: EnvConfig, model_cfg: ModelConfig, temp
         prompts = [as_chat(tokenizer, module.render_prompt(v, env_cfg.compact_prompt)) for v in views]
         admissible = [decodable(v) for v in views] if model_cfg.constrained else None
         start = time.perf_counter()
-        samples = generate(policy, tokenizer, prompts, model_cfg, temperature, admissible)
+        samples = generate_fn(policy, tokenizer, prompts, model_cfg, temperature, admissible)
         clock["generate_s"] += time.perf_counter() - start
         clock["tokens"] += sum(len(s.response_ids) for s in samples)
         return [(s.text, s) for s in samples]

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def _init_wandb(run_dir: Path, cfg):
         log.warning("logger.mode=online but no W&B API key is set: logging offline to %s", run_dir / "wandb")
         mode = "offline"
     id_file = run_dir / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
     id_file.write_text(run_id)
     return wandb.init(
         project=cfg.logger.project,
@@ -104,7 +105,8 @@ def save_checkpoint(run_dir: Path, iteration: int, model, optimizer, extra: dict
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(
-        {"iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        {"iteration": iteration, "model": model.state_dict(),
+         "optimizer": None if optimizer is None else optimizer.state_dict(),
          "rng": rng_state(), **(extra or {})},
         tmp,
     )

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from gigpo.config import env_options
 from gigpo.advantage import advantage_parts, step_group_stats
 from gigpo.loss import policy_loss
-from gigpo.policy.model import build_tiny, load_hf, pad_batch, token_logprobs
+from gigpo.policy.model import build_tiny, generate, load_hf, pad_batch, token_logprobs
 from gigpo.policy.tokenizer import load_or_build_tokenizer
 from gigpo.rollout import Rollout, env_corpus, episode_summary, make_act, rollout
 from gigpo.runner import GroupRunner
@@ -74,18 +74,21 @@ def make_runner(cfg: DictConfig, validation: bool = False) -> GroupRunner:
                        history_len=cfg.env.history_len)
 
 
-def validate(cfg: DictConfig, runner: GroupRunner, policy, tokenizer) -> dict[str, float]:
+def validate(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, generate_fn=generate) -> dict[str, float]:
     """Success on held-out episodes: seeds val_seed_offset.. on the validation split, each played once."""
     policy.eval()
     seeds = [cfg.env.val_seed_offset + i for i in range(cfg.env.val_episodes)]
-    act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.val_temperature, clock)  # noqa: E731
+    act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.val_temperature, clock,  # noqa: E731
+                                         generate_fn)
     result = rollout(runner, act, seeds, group_size=1)
     return {f"val/{k}": v for k, v in episode_summary(result.records).items()}
 
 
-def collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: int) -> tuple[Rollout, int]:
+def collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: int,
+            generate_fn=generate) -> tuple[Rollout, int]:
     """Roll out cfg.env.groups groups; with dynamic sampling, drop no-signal groups and roll out more."""
-    act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.temperature, clock)  # noqa: E731
+    act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.temperature, clock,  # noqa: E731
+                                         generate_fn)
     base = iteration * cfg.env.groups * (1 + cfg.algo.max_resample)  # seeds never repeat across iterations
     seeds = [base + g for g in range(cfg.env.groups)]
     result = rollout(runner, act, seeds, cfg.algo.group_size)
@@ -218,12 +221,27 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
     if cfg.train.resume and checkpoint.exists():
         state = load_checkpoint(checkpoint)
         policy.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None and cfg.train.strategy != "deepspeed":
+            optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start, env_steps, wall_offset = state["iteration"], state["env_steps"], state["wall_s"]
         log.info("resumed from %s at iteration %d", checkpoint, start)
-    metrics_log = MetricsLog(run_dir, cfg, resume_iteration=start)
-    train_runner, val_runner = make_runner(cfg), make_runner(cfg, validation=True)
+    ds_engine, on_main, main_rank = None, (lambda fn: fn()), True
+    if cfg.train.strategy == "deepspeed":  # ZeRO data parallel over torchrun ranks; rank 0 rolls out
+        from gigpo.scale import deepspeed as ds
+
+        ds_engine = ds.wrap(cfg, policy)
+        optimizer, on_main, main_rank = ds_engine.optimizer, ds.from_rank0, ds.rank() == 0
+    generate_fn = generate  # rollout=vllm: an engine mirroring the policy, re-synced after every optimizer step
+    if cfg.rollout.name == "vllm":
+        from gigpo.scale.vllm_rollout import VLLMRollout
+
+        engine = VLLMRollout(cfg, policy, tokenizer, optimizer)
+        engine.stale = start > 0  # resumed weights differ from the checkpoint the engine loaded
+        generate_fn = engine.generate
+    metrics_log = MetricsLog(run_dir, cfg, resume_iteration=start) if main_rank else None
+    train_runner = make_runner(cfg) if main_rank else None
+    val_runner = make_runner(cfg, validation=True) if main_rank else None
     wall_start = time.perf_counter() - wall_offset
     final_val: dict[str, float] = {}
 
@@ -234,14 +252,14 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             if cfg.train.max_env_steps and env_steps >= cfg.train.max_env_steps:
                 break
             if iteration % cfg.train.val_every == 0:
-                val = validate(cfg, val_runner, policy, tokenizer)
+                val = on_main(lambda: validate(cfg, val_runner, policy, tokenizer, generate_fn))
                 metrics.update(val)
                 if on_validation is not None:
                     on_validation(iteration, env_steps, val)
 
             # ---- rollout: B groups x N trajectories, one sample per env step
             policy.eval()
-            batch, dropped = collect(cfg, train_runner, policy, tokenizer, iteration)
+            batch, dropped = on_main(lambda: collect(cfg, train_runner, policy, tokenizer, iteration, generate_fn))
             batch.penalise_invalid(cfg.env.invalid_penalty)
             env_steps += len(batch.records)
 
@@ -252,7 +270,10 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
 
             # ---- PPO update
             t0 = time.perf_counter()
-            loss_stats = update(cfg, policy, reference, optimizer, batch, advantages, iteration)
+            if ds_engine is not None:
+                loss_stats = ds.update(cfg, ds_engine, reference, batch, advantages, iteration)
+            else:
+                loss_stats = update(cfg, policy, reference, optimizer, batch, advantages, iteration)
             update_s = time.perf_counter() - t0
 
             # ---- log
@@ -271,6 +292,8 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
                 "perf/tokens_per_s": batch.tokens / max(batch.generate_s, 1e-9),
                 "perf/peak_mem_mb": peak_memory_mb(),
             })
+            if not main_rank:
+                continue
             metrics_log.write(metrics)
             bar.set_postfix(success=f"{metrics['train/success']:.2f}",
                             val=f"{metrics.get('val/success', math.nan):.2f}")
@@ -279,19 +302,23 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             done = iteration + 1
             budget_spent = bool(cfg.train.max_env_steps) and env_steps >= cfg.train.max_env_steps
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.iterations or budget_spent:
-                save_checkpoint(run_dir, done, policy, optimizer,
+                # ZeRO partitions the optimizer state: DeepSpeed checkpoints hold the weights only.
+                save_checkpoint(run_dir, done, policy, optimizer if ds_engine is None else None,
                                 {"env_steps": env_steps, "wall_s": time.perf_counter() - wall_start})
 
         # ---- final validation, logged as the iteration after the last one
-        final_val = validate(cfg, val_runner, policy, tokenizer)
+        final_val = on_main(lambda: validate(cfg, val_runner, policy, tokenizer, generate_fn))
+        if not main_rank:
+            return float(final_val.get("val/success", 0.0))
         last = metrics_log.last_iteration() + 1
         metrics_log.write({"iter": last, "env_steps": env_steps, "final": True,
                            "time/wall_s": time.perf_counter() - wall_start, **final_val})
         if on_validation is not None:
             on_validation(last, env_steps, final_val)
     finally:
-        train_runner.close()
-        val_runner.close()
+        for runner in (train_runner, val_runner):
+            if runner is not None:
+                runner.close()
     summary = {"final/val_success": final_val.get("val/success", 0.0), "env_steps": env_steps}
     (run_dir / "summary.json").write_text(json.dumps({**summary, **final_val}, indent=2, sort_keys=True))
     metrics_log.close(summary)

@@ -38,3 +38,12 @@ def test_env_prompts_render_full_and_compact():
         full, compact = module.render_prompt(view, compact=False), module.render_prompt(view, compact=True)
         assert "#P#" in full and "#P#" in compact
         assert "<action>" in full and len(compact) < len(full)
+
+
+def test_template_entries_accept_any_filled_argument():
+    admissible = ["search[<your query>]", "click[buy now]"]
+    assert project_action("<action>search[gluten free bar]</action>", admissible) == ("search[gluten free bar]", True)
+    assert project_action("<action>search[]</action>", admissible)[1] is False
+    assert project_action("<action>search[ ]</action>", admissible)[1] is False
+    assert project_action("<action>click[anything]</action>", admissible)[1] is False
+    assert project_action("<action>Click[Buy Now]</action>", admissible) == ("click[buy now]", True)

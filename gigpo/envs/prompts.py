@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 
 _ACTION_TAG = re.compile(r"<action>(.*?)</action>", re.DOTALL | re.IGNORECASE)
+# An admissible entry like "search[<your query>]" is a template: any non-empty "search[...]" fits it.
+_TEMPLATE = re.compile(r"^(\w+)\[<[^<>]*>\]$")
 
 
 @dataclass
@@ -68,8 +70,9 @@ def project_action(text: str, admissible: list[str]) -> tuple[str, bool]:
     The action is the content of the last ``<action>...</action>``, stripped and matched
     case-insensitively against ``admissible`` (the admissible spelling is returned). It is valid
     when the tags are present and the action space is free-form (``admissible`` empty) or the
-    action is admissible. Invalid answers return the extracted text (or the whole text,
-    stripped, when there are no tags) with ``False``.
+    action is admissible, or fills a template entry such as ``search[<your query>]`` (the same
+    verb with a non-empty argument). Invalid answers return the extracted text (or the whole
+    text, stripped, when there are no tags) with ``False``.
     """
     matches = _ACTION_TAG.findall(text)
     if not matches:
@@ -80,4 +83,8 @@ def project_action(text: str, admissible: list[str]) -> tuple[str, bool]:
     by_lower = {candidate.lower(): candidate for candidate in admissible}
     if action.lower() in by_lower:
         return by_lower[action.lower()], True
+    for candidate in admissible:
+        template = _TEMPLATE.match(candidate)
+        if template and re.fullmatch(rf"{re.escape(template.group(1))}\[\s*\S.*\]", action, re.I | re.S):
+            return action, True
     return action, False

@@ -67,8 +67,10 @@ class ActionTrie:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, actions: list[str]):
         self.next: dict[tuple[int, ...], set[int]] = {}
+        self.depth = 0
         for action in actions:
             ids = tokenizer.encode(f"<action>{action}</action>", add_special_tokens=False) + [tokenizer.eos_token_id]
+            self.depth = max(self.depth, len(ids))
             for k in range(len(ids)):
                 self.next.setdefault(tuple(ids[:k]), set()).add(ids[k])
 
@@ -102,16 +104,20 @@ def generate(
                     max_length=cfg.max_prompt_tokens, add_special_tokens=False).to(model.device)
     width = enc["input_ids"].shape[1]
     allowed = None
+    max_new_tokens = cfg.max_response_tokens
     if admissible is not None:
         tries = [ActionTrie(tokenizer, actions) for actions in admissible]
 
         def allowed(row: int, ids: torch.Tensor) -> list[int]:
             return tries[row].allowed(tuple(ids[width:].tolist()), tokenizer.pad_token_id)
 
+        # A constrained response is as long as its action: never cut one (WebShop queries are long).
+        max_new_tokens = max(max_new_tokens, max(t.depth for t in tries))
+
     sampling = dict(do_sample=True, temperature=temperature, top_p=cfg.top_p, top_k=None) if temperature > 0 else dict(
         do_sample=False
     )
-    gen_cfg = GenerationConfig(max_new_tokens=cfg.max_response_tokens, pad_token_id=tokenizer.pad_token_id,
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                eos_token_id=tokenizer.eos_token_id, **sampling)
     out = model.generate(**enc, generation_config=gen_cfg, prefix_allowed_tokens_fn=allowed)
     samples = []

@@ -1,0 +1,193 @@
+"""Read run logs into one in-memory form: :class:`Run` (config, per-iteration history, final validation).
+
+A run directory holds ``config.yaml`` (the resolved training config) and ``metrics.jsonl`` (one
+JSON object per iteration; the last line has ``"final": true`` and the final validation). A path
+given to :func:`load_runs` may be a run directory, a Hydra multirun directory or a sweep directory
+(searched recursively), or ``wandb:ENTITY/PROJECT`` for runs logged to W&B.
+
+Method, environment and seed always come from the saved config, never from directory names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
+WANDB_PREFIX = "wandb:"
+
+
+@dataclass
+class Run:
+    """One training run: where it came from, its resolved config and its per-iteration metrics."""
+
+    source: str
+    """Run directory, or ``wandb:ENTITY/PROJECT/RUN_ID``."""
+    config: dict
+    """The resolved training config as nested dicts (``config["algo"]["name"]``)."""
+    history: pd.DataFrame
+    """One row per metrics line, in order; validation columns are NaN off validation iterations."""
+    summary: dict = field(default_factory=dict)
+
+    def get(self, dotted: str, default=None):
+        """A config value by dotted key, e.g. ``run.get("algo.step_weight")``."""
+        node = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    @property
+    def method(self) -> str:
+        return method_label(self.config)
+
+    @property
+    def env(self) -> str:
+        return str(self.get("env.name", "unknown"))
+
+    @property
+    def seed(self) -> int | None:
+        return self.get("train.seed")
+
+    @property
+    def final(self) -> dict:
+        """Metrics of the final validation: the line marked ``final``, else the last validation line."""
+        h = self.history
+        if "final" in h.columns:
+            rows = h[h["final"].fillna(False).astype(bool)]
+            if len(rows):
+                return rows.iloc[-1].dropna().to_dict()
+        if "val/success" in h.columns:
+            rows = h[h["val/success"].notna()]
+            if len(rows):
+                return rows.iloc[-1].dropna().to_dict()
+        return {k: v for k, v in self.summary.items() if k.startswith("val/") or k == "env_steps"}
+
+
+def method_label(config: dict) -> str:
+    """``GiGPO (mean)``, ``GiGPO (mean_std)``, ``GRPO``, ``RLOO``: from ``algo.name`` and ``algo.mode``."""
+    algo = config.get("algo", {})
+    name = str(algo.get("name", "unknown"))
+    if name == "gigpo":
+        return f"GiGPO ({algo.get('mode', 'mean')})"
+    return {"grpo": "GRPO", "rloo": "RLOO"}.get(name, name.upper())
+
+
+def read_run_dir(run_dir: Path) -> Run:
+    """One run directory; errors name the file (and line) at fault."""
+    run_dir = Path(run_dir)
+    config_path, metrics_path = run_dir / CONFIG, run_dir / METRICS
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: run directory has no {CONFIG}")
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: run directory has no {METRICS}")
+    config = yaml.safe_load(config_path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: not a YAML mapping")
+    rows = []
+    for number, line in enumerate(metrics_path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{metrics_path}:{number}: malformed metrics line ({error.msg}): {line[:80]!r}") from None
+        if not isinstance(row, dict) or "iter" not in row:
+            raise ValueError(f"{metrics_path}:{number}: metrics line is not an object with 'iter': {line[:80]!r}")
+        rows.append(row)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return Run(str(run_dir), config, pd.DataFrame(rows), summary)
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """``root`` itself if it is a run directory, else every directory below it with a ``metrics.jsonl``."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such run, multirun or sweep directory")
+    if (root / METRICS).is_file() or (root / CONFIG).is_file():
+        return [root]
+    found = sorted(p.parent for p in root.rglob(METRICS))
+    if not found:
+        raise FileNotFoundError(f"{root}: no {METRICS} found in it or below it")
+    return found
+
+
+def load_wandb(spec: str) -> list[Run]:
+    """Every run of ``wandb:ENTITY/PROJECT`` through the public API, in the same form as a run dir.
+
+    W&B history is keyed by ``_step``, which the trainer sets to the iteration.
+    """
+    import wandb
+
+    project = spec[len(WANDB_PREFIX):]
+    runs = []
+    for remote in wandb.Api().runs(project):
+        history = pd.DataFrame(list(remote.scan_history()))
+        if "_step" in history.columns:
+            history = history.rename(columns={"_step": "iter"})
+        history = history[[c for c in history.columns if not c.startswith("_")]]
+        if "iter" in history.columns:
+            history = history.sort_values("iter").reset_index(drop=True)
+        config = {k: v for k, v in dict(remote.config).items() if not k.startswith("_")}
+        summary = {k: v for k, v in dict(remote.summary).items() if not k.startswith("_")}
+        runs.append(Run(f"{WANDB_PREFIX}{project}/{remote.id}", config, history, summary))
+    return runs
+
+
+def load_runs(paths) -> list[Run]:
+    """Runs from run dirs, multirun/sweep dirs (searched recursively) and ``wandb:ENTITY/PROJECT`` specs."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    runs: list[Run] = []
+    for path in paths:
+        if str(path).startswith(WANDB_PREFIX):
+            runs.extend(load_wandb(str(path)))
+        else:
+            runs.extend(read_run_dir(d) for d in find_run_dirs(Path(path)))
+    return runs
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """Nested config -> ``{"algo.name": ..., "train.seed": ...}``."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def runs_frame(runs_or_paths) -> pd.DataFrame:
+    """One row per run: ``source``, ``method``, ``env``, ``seed``, the flattened config and the final validation."""
+    runs = _as_runs(runs_or_paths)
+    rows = []
+    for run in runs:
+        final = {k: v for k, v in run.final.items() if k.startswith("val/") or k in ("env_steps", "time/wall_s")}
+        rows.append({"source": run.source, "method": run.method, "env": run.env, "seed": run.seed,
+                     **flatten(run.config), **final})
+    return pd.DataFrame(rows)
+
+
+def history_frame(runs_or_paths) -> pd.DataFrame:
+    """All metrics lines of all runs stacked, with ``source``, ``method``, ``env`` and ``seed`` columns."""
+    runs = _as_runs(runs_or_paths)
+    parts = [run.history.assign(source=run.source, method=run.method, env=run.env, seed=run.seed) for run in runs]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _as_runs(runs_or_paths) -> list[Run]:
+    if isinstance(runs_or_paths, (str, Path)):
+        return load_runs([runs_or_paths])
+    items = list(runs_or_paths)
+    if all(isinstance(item, Run) for item in items):
+        return items
+    return load_runs(items)

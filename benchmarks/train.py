@@ -1,0 +1,108 @@
+"""GiGPO vs GRPO cost, and rollout overhead, measured side by side in one run.
+
+    python -m benchmarks.train [--iterations 20] [--repeats 2] [overrides ...]
+
+1. Iteration time and peak memory, GiGPO vs GRPO. Each method trains in its own process (peak
+   RSS is per process) with ``train.lr=0``: the policy then never changes, so both methods see the
+   *same* rollouts and the comparison isolates what the estimator adds (the paper's "no extra
+   cost" claim). Runs alternate GiGPO, GRPO, GiGPO, ... to spread machine noise evenly.
+2. Rollout overhead: one rollout's wall time against the sum of pure generation time (measured
+   inside it) and pure env time (the same actions replayed on fresh envs in a plain loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["logger=none", "train.lr=0", "train.val_every=100000", "env.val_episodes=1"]
+
+
+def run_method(algo: str, iterations: int, overrides: list[str], out: Path) -> dict:
+    run_dir = out / f"{algo}-{time.monotonic_ns()}"
+    subprocess.run([sys.executable, str(ROOT / "run.py"), f"algo={algo}", f"train.iterations={iterations}",
+                    f"run_dir={run_dir}", *BASE, *overrides], check=True, capture_output=True, cwd=ROOT)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "time/rollout_s" in r][1:]  # drop the warm-up iteration
+    iteration_s = [r["time/rollout_s"] + r["time/advantage_s"] + r["time/update_s"] for r in rows]
+    return {
+        "iteration_s": statistics.median(iteration_s),
+        "advantage_s": statistics.median(r["time/advantage_s"] for r in rows),
+        "peak_mem_mb": rows[-1]["perf/peak_mem_mb"],
+        "env_steps": rows[-1]["env_steps"],
+    }
+
+
+def rollout_overhead(overrides: list[str]) -> dict:
+    """One rollout through the runner vs pure generation + the same env steps in a plain loop."""
+    from hydra import compose, initialize_config_dir
+
+    from gigpo.config import env_options, register_configs
+    from gigpo.envs import make
+    from gigpo.rollout import make_act, rollout
+    from gigpo.train import build_policy, make_runner, seed_everything
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("config", overrides=[*BASE, *overrides])
+    with tempfile.TemporaryDirectory() as tmp:
+        seed_everything(0)
+        policy, _, tokenizer = build_policy(cfg, Path(tmp))
+        import torch
+
+        torch.set_num_threads(cfg.train.threads)
+        runner = make_runner(cfg)
+        seeds = list(range(cfg.env.groups))
+        act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.temperature, clock)  # noqa: E731
+        rollout(runner, act, seeds, cfg.algo.group_size)  # warm-up
+        result = rollout(runner, act, seeds, cfg.algo.group_size)
+        runner.close()
+    # Replay the recorded actions on fresh envs: pure env time, no runner, no policy.
+    options = env_options(cfg.env)
+    options.pop("val_split", None)
+    envs = [make(cfg.env.name, **options) for _ in range(cfg.env.groups * cfg.algo.group_size)]
+    by_traj: dict[int, list[str]] = {}
+    for r in result.records:
+        by_traj.setdefault(r.traj_id, []).append(r.action)
+    start = time.perf_counter()
+    for traj, actions in by_traj.items():
+        envs[traj].reset(seed=seeds[traj // cfg.algo.group_size])
+        for action in actions:
+            envs[traj].step(action)
+    env_s = time.perf_counter() - start
+    return {"rollout_s": result.total_s, "generate_s": result.generate_s, "env_s": env_s,
+            "ratio": result.total_s / (result.generate_s + env_s)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both methods")
+    args = parser.parse_args()
+    results: dict[str, list[dict]] = {"gigpo": [], "grpo": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            for algo in ("gigpo", "grpo"):
+                results[algo].append(run_method(algo, args.iterations, args.overrides, Path(tmp)))
+    summary = {algo: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for algo, rows in results.items()}
+    print(f"{'method':8} {'iteration s':>12} {'advantage s':>12} {'peak MiB':>10} {'env steps':>10}")
+    for algo, s in summary.items():
+        print(f"{algo:8} {s['iteration_s']:>12.3f} {s['advantage_s']:>12.5f} {s['peak_mem_mb']:>10.1f} {s['env_steps']:>10.0f}")
+    g, r = summary["gigpo"], summary["grpo"]
+    print(f"GiGPO / GRPO iteration time: {g['iteration_s'] / r['iteration_s']:.3f}x (target <= 1.02x)")
+    print(f"GiGPO / GRPO peak memory:    {g['peak_mem_mb'] / r['peak_mem_mb']:.3f}x (target <= 1.02x)")
+    o = rollout_overhead(args.overrides)
+    print(f"rollout {o['rollout_s']:.3f} s vs generation {o['generate_s']:.3f} s + env {o['env_s']:.3f} s: "
+          f"{o['ratio']:.3f}x (target <= 1.15x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Data-parallel PPO updates through DeepSpeed ZeRO (``train.strategy=deepspeed``).
+
+Launch one process per device with ``torchrun --nproc_per_node K run.py train.strategy=deepspeed``
+(or the ``deepspeed`` launcher). Rank 0 rolls out and validates; the batch is broadcast, every rank
+computes the same advantages, and each rank trains on its shard of every mini-batch. DeepSpeed
+averages gradients over the K ranks, so each rank weighs its loss by K x (its share of the global
+mini-batch): the gradient is then exactly the single-process mini-batch gradient, and so is the
+update (checked by tests/test_scale.py, 1 vs 2 processes).
+
+Deliberate simplifications:
+- the rollout runs on rank 0 only (the other ranks wait); with ``rollout=vllm`` that is the usual
+  colocated layout, with ``rollout=hf`` it leaves K-1 devices idle during generation;
+- ZeRO-3 partitions the parameters, so rank 0 cannot generate alone: use ZeRO-2 with ``rollout=hf``;
+- the optimizer is the client ``torch.optim.AdamW`` (no C++ extension to compile); with
+  ``train.offload=true`` DeepSpeed's CPU Adam is built from the config instead (compiled once);
+- checkpoints hold rank 0's full weights (ZeRO-2); resuming the partitioned optimizer state is not
+  supported (``train.resume`` restarts the optimizer).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gigpo.loss import policy_loss
+from gigpo.policy.model import pad_batch, token_logprobs
+
+T = TypeVar("T")
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def local_device(cfg) -> str:
+    """cuda:LOCAL_RANK when the config asks for CUDA, else the configured device (cpu)."""
+    if str(cfg.train.device).startswith("cuda"):
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return str(cfg.train.device)
+
+
+def ds_config(cfg) -> dict:
+    """The DeepSpeed config dict: ZeRO stage, clipping, precision and (optional) CPU offload."""
+    zero: dict = {"stage": cfg.train.zero_stage}
+    if cfg.train.offload:
+        zero["offload_optimizer"] = {"device": "cpu"}
+        if cfg.train.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu"}
+    config = {
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": 1,  # boundaries are set by hand, once per mini-batch
+        "gradient_clipping": cfg.train.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+    if cfg.train.offload:  # offloaded ZeRO needs DeepSpeed's own (CPU) Adam
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay}}
+    return config
+
+
+def wrap(cfg, policy: torch.nn.Module):
+    """Initialise torch.distributed (gloo on CPU, nccl on CUDA) and wrap ``policy`` in a ZeRO engine."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if str(cfg.train.device).startswith("cuda") else "cpu")
+    import deepspeed
+
+    backend = "nccl" if str(cfg.train.device).startswith("cuda") else "gloo"
+    deepspeed.init_distributed(dist_backend=backend)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = None
+    if not cfg.train.offload:
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    engine, *_ = deepspeed.initialize(model=policy, model_parameters=params, optimizer=optimizer,
+                                      config=ds_config(cfg))
+    return engine
+
+
+def from_rank0(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and hand its (picklable) result to every rank."""
+    box = [fn() if rank() == 0 else None]
+    if world_size() > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _sum_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    if world_size() == 1 or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return dict(zip(keys, tensor.tolist()))
+
+
+def _max_across_ranks(value: int) -> int:
+    if world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def _fit(values: torch.Tensor, width: int) -> torch.Tensor:
+    if values.shape[0] >= width:
+        return values[:width]
+    return torch.nn.functional.pad(values, (0, width - values.shape[0]))
+
+
+def update(cfg, engine, reference, batch, advantages: np.ndarray, iteration: int) -> dict[str, float]:
+    """``gigpo.train.update`` across ranks: the same mini-batches (same shuffling), each rank taking
+    ``mini[rank::K]``; returns the same loss metrics as the single-process update."""
+    r, k = rank(), world_size()
+    device = engine.device
+    samples = batch.samples
+    module = engine.module
+    pad_id = module.config.pad_token_id if hasattr(module, "config") else 0
+    weight = module.get_output_embeddings().weight
+    vocab_size = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 keeps the full shape in ds_shape
+    micro = cfg.train.micro_batch_size
+
+    def forward(rows, model, with_entropy=False):
+        tensors = pad_batch([samples[i] for i in rows], pad_id, device, vocab_size)
+        logp, entropy = token_logprobs(model, tensors, cfg.model.temperature, with_entropy)
+        return logp, entropy, tensors["response_mask"]
+
+    # The same shuffles as the single-process update; this rank's rows of every mini-batch.
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + iteration)
+    epochs = [torch.randperm(len(samples), generator=generator).tolist() for _ in range(cfg.train.ppo_epochs)]
+    minis = [order[s : s + cfg.train.mini_batch_size] for order in epochs
+             for s in range(0, len(order), cfg.train.mini_batch_size)]
+    mine = sorted({i for mini in minis for i in mini[r::k]})
+
+    # Old (and reference) log-probs of this rank's rows; every rank runs as many passes (ZeRO-3 gathers).
+    engine.eval()
+    old, ref = {}, {}
+    passes = _max_across_ranks(-(-len(mine) // micro))
+    with torch.no_grad():
+        for p in range(passes):
+            rows = mine[p * micro : (p + 1) * micro] or [0]
+            logp, _, _ = forward(rows, engine)
+            old.update({i: logp[j] for j, i in enumerate(rows)})
+            if reference is not None:
+                logp, _, _ = forward(rows, reference)
+                ref.update({i: logp[j] for j, i in enumerate(rows)})
+
+    engine.train()
+    adv = torch.as_tensor(advantages, dtype=torch.float32)
+    totals: dict[str, float] = {}
+    for mini in minis:
+        shard = mini[r::k]
+        tokens_in_mini = sum(len(samples[i].response_ids) for i in mini)
+        n_micro = _max_across_ranks(-(-len(shard) // micro))
+        for m in range(n_micro):
+            rows = shard[m * micro : (m + 1) * micro]
+            real = bool(rows)
+            rows = rows or [mini[0]]  # a rank with nothing left still joins the collective backward, weight 0
+            engine.set_gradient_accumulation_boundary(m == n_micro - 1)
+            logp, entropy, mask = forward(rows, engine, with_entropy=True)
+            width = logp.shape[1]
+            old_lp = torch.stack([_fit(old.get(i, torch.zeros(width)), width) for i in rows])
+            ref_lp = torch.stack([_fit(ref.get(i, torch.zeros(width)), width) for i in rows]) if reference is not None else None
+            loss, metrics = policy_loss(logp, old_lp, adv[rows].to(device), mask, cfg.algo.clip_low,
+                                        cfg.algo.clip_high, cfg.algo.loss_agg, ref_lp, cfg.algo.kl_coef,
+                                        entropy, cfg.algo.entropy_coef)
+            # This micro-batch's share of the global mini-batch mean; x K undoes DeepSpeed's rank average.
+            share = (mask.sum().item() / max(tokens_in_mini, 1)) if cfg.algo.loss_agg == "token_mean" else len(rows) / len(mini)
+            share *= float(real)
+            engine.backward(loss * share * k)
+            for name, value in metrics.items():
+                totals[name] = totals.get(name, 0.0) + value * share
+        engine.step()
+        grad_norm = float(engine.get_global_grad_norm() or 0.0) if r == 0 else 0.0  # global: counted once
+        totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm
+    totals = _sum_across_ranks(totals)
+    return {f"loss/{name}": value / max(len(minis), 1) for name, value in totals.items()}
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The full (unpartitioned) weights on every rank; collective under ZeRO-3."""
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+            return {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    return {n: p.detach().clone() for n, p in engine.module.named_parameters()}

@@ -1,0 +1,240 @@
+"""analysis/: tables, plots and the notebook on the logs of tiny real runs.
+
+One session fixture makes a real multirun (GiGPO and GRPO x seeds 0 and 1 on easy Sokoban) and a
+real WebShop run. Tiny runs validate at 0% success, so tests that check the mean ± std arithmetic
+copy those logs and write known final validations into them, then recompute the expected numbers
+straight from the metrics files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from analysis.load import load_runs, runs_frame
+from analysis.plots import plot_all
+from analysis.tables import ALFWORLD_COLUMNS, build_tables, main as tables_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["env.groups=2", "algo.group_size=4", "env.val_episodes=4", "train.val_every=1", "train.iterations=2",
+        "train.mini_batch_size=64", "logger=none"]
+
+
+@pytest.fixture(scope="session")
+def real_runs(tmp_path_factory) -> dict[str, Path]:
+    """A real multirun (2 algos x 2 seeds) and a real WebShop run, launched side by side."""
+    root = tmp_path_factory.mktemp("analysis_runs")
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    multirun, webshop = root / "multirun", root / "webshop"
+    jobs = [
+        subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", "algo=gigpo,grpo", "train.seed=0,1", *TINY,
+                          f"hydra.sweep.dir={multirun}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True),
+        subprocess.Popen([sys.executable, str(ROOT / "run.py"), "env=webshop", "env.max_steps=4", "env.groups=1",
+                          "algo.group_size=2", "env.val_episodes=2", "train.iterations=2", "train.val_every=1",
+                          "logger=none", f"run_dir={webshop}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True),
+    ]
+    for job in jobs:
+        output, _ = job.communicate(timeout=600)
+        assert job.returncode == 0, output[-3000:]
+    return {"multirun": multirun, "webshop": webshop}
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("metrics.jsonl"))
+
+
+def final_line(run_dir: Path) -> dict:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    assert lines[-1].get("final") is True
+    return lines[-1]
+
+
+def config(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def rewrite(run_dir: Path, config_changes: dict[str, object], final_changes: dict[str, float]) -> None:
+    """Set dotted config keys and final-validation metrics in a copied run directory."""
+    cfg = config(run_dir)
+    for dotted, value in config_changes.items():
+        section, key = dotted.split(".")
+        cfg[section][key] = value
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    lines[-1] = json.dumps({**json.loads(lines[-1]), **final_changes})
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def varied(real_runs, tmp_path) -> Path:
+    """The real multirun copied, with distinct final success per run (0.1, 0.3, 0.4, 0.8)."""
+    copy = tmp_path / "varied"
+    shutil.copytree(real_runs["multirun"], copy, ignore=shutil.ignore_patterns("checkpoints", "tokenizer"))
+    for run_dir, success in zip(run_dirs(copy), [0.1, 0.3, 0.4, 0.8]):
+        rewrite(run_dir, {}, {"val/success": success, "val/success/sokoban": success})
+    return copy
+
+
+def expected(run_dirs_: list[Path], metric: str) -> dict[str, tuple[float, float]]:
+    """Method -> (mean, sample std) in percent, computed from the files with the standard library."""
+    values: dict[str, list[float]] = {}
+    for run_dir in run_dirs_:
+        algo = config(run_dir)["algo"]
+        method = f"GiGPO ({algo['mode']})" if algo["name"] == "gigpo" else algo["name"].upper()
+        values.setdefault(method, []).append(100 * final_line(run_dir)[metric])
+    return {m: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else float("nan")) for m, v in values.items()}
+
+
+def test_loader_reads_a_multirun_with_method_env_and_seed_from_config(real_runs):
+    runs = load_runs([real_runs["multirun"]])
+    assert len(runs) == 4
+    assert sorted((r.method, r.seed) for r in runs) == [("GRPO", 0), ("GRPO", 1), ("GiGPO (mean)", 0),
+                                                       ("GiGPO (mean)", 1)]
+    assert {r.env for r in runs} == {"sokoban"}
+    for run in runs:
+        lines = (Path(run.source) / "metrics.jsonl").read_text().splitlines()
+        assert len(run.history) == len(lines)
+        assert run.final["val/success"] == final_line(Path(run.source))["val/success"]
+
+
+def test_sokoban_table_from_real_runs_matches_metrics_files(real_runs, tmp_path):
+    tables = tables_main([str(real_runs["multirun"]), "--out", str(tmp_path)])
+    table = tables["sokoban"]
+    for method, (mean, std) in expected(run_dirs(real_runs["multirun"]), "val/success").items():
+        assert table.loc[method, ("Success", "mean")] == pytest.approx(mean)
+        assert table.loc[method, ("Success", "std")] == pytest.approx(std)
+    for ext in ("md", "tex", "csv"):
+        assert (tmp_path / f"sokoban.{ext}").stat().st_size > 0
+
+
+def test_table_mean_and_std_over_seeds_match_metrics_files(varied, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "analysis.tables", str(varied), "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    csv = pd.read_csv(tmp_path / "sokoban.csv", index_col="Method")
+    want = expected(run_dirs(varied), "val/success")
+    assert list(csv.index) == ["GRPO", "GiGPO (mean)"]  # baselines first, as in the paper
+    for method, (mean, std) in want.items():
+        assert csv.loc[method, "Success mean"] == pytest.approx(mean)
+        assert csv.loc[method, "Success std"] == pytest.approx(std)
+        assert csv.loc[method, "seeds"] == 2
+        assert f"{mean:.1f} ± {std:.1f}" in (tmp_path / "sokoban.md").read_text()
+        assert f"{mean:.1f} $\\pm$ {std:.1f}" in (tmp_path / "sokoban.tex").read_text()
+    assert "GiGPO (mean)" in out.stdout
+
+
+def test_method_comes_from_config_not_directory_name(varied):
+    gigpo_dirs = [d for d in run_dirs(varied) if config(d)["algo"]["name"] == "gigpo"]
+    misleading = gigpo_dirs[0].parent / "algo=grpo,train.seed=7"
+    gigpo_dirs[0].rename(misleading)
+    rewrite(gigpo_dirs[1], {"algo.mode": "mean_std"}, {})
+    frame = runs_frame(load_runs([varied]))
+    row = frame[frame["source"] == str(misleading)].iloc[0]
+    assert row["method"] == "GiGPO (mean)" and row["seed"] in (0, 1)
+    assert sorted(frame["method"]) == ["GRPO", "GRPO", "GiGPO (mean)", "GiGPO (mean_std)"]
+
+
+def test_alfworld_table_has_the_papers_task_columns(varied, tmp_path):
+    per_type = {}
+    for k, run_dir in enumerate(run_dirs(varied)):
+        per_type[run_dir] = {f"val/success/{t}": (k + i) / 10 for i, t in enumerate(
+            ["pick", "look", "clean", "heat", "cool", "pick2"])}
+        rewrite(run_dir, {"env.name": "alfworld"}, per_type[run_dir])
+    table = build_tables(runs_frame(load_runs([varied])))["alfworld"]
+    assert list(dict.fromkeys(table.columns.get_level_values(0))) == [*ALFWORLD_COLUMNS, "seeds"]
+    for label, metric in ALFWORLD_COLUMNS.items():
+        for method, (mean, std) in expected(run_dirs(varied), metric).items():
+            assert table.loc[method, (label, "mean")] == pytest.approx(mean), (label, method)
+            assert table.loc[method, (label, "std")] == pytest.approx(std), (label, method)
+
+
+def test_webshop_table_has_score_and_success(real_runs, tmp_path):
+    tables = tables_main([str(real_runs["webshop"]), "--out", str(tmp_path)])
+    table = tables["webshop"]
+    last = final_line(real_runs["webshop"])
+    assert table.loc["GiGPO (mean)", ("Score", "mean")] == pytest.approx(100 * last["val/score"])
+    assert table.loc["GiGPO (mean)", ("Success", "mean")] == pytest.approx(100 * last["val/success"])
+    assert "| GiGPO (mean) |" in (tmp_path / "webshop.md").read_text()
+
+
+def test_ablation_table_rows_are_parameter_values(varied, tmp_path):
+    dirs = run_dirs(varied)
+    weights = {d: (0.5 if config(d)["train"]["seed"] == 0 else 1.0) for d in dirs}
+    for d, weight in weights.items():
+        rewrite(d, {"algo.step_weight": weight}, {})
+    tables = tables_main([str(varied), "--out", str(tmp_path), "--param", "algo.step_weight"])
+    table = tables["ablation_algo.step_weight_sokoban"]
+    assert list(table.index) == [0.5, 1.0]
+    for d, weight in weights.items():  # one seed per (method, weight): the mean is that run's success
+        method = "GRPO" if config(d)["algo"]["name"] == "grpo" else "GiGPO (mean)"
+        assert table.loc[weight, (method, "mean")] == pytest.approx(100 * final_line(d)["val/success"])
+    assert (tmp_path / "ablation_algo.step_weight_sokoban.csv").exists()
+
+
+def test_errors_name_the_path(varied):
+    broken = run_dirs(varied)[0]
+    (broken / "config.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match=str(broken).replace("[", r"\[")):
+        load_runs([varied])
+    malformed = run_dirs(varied)[1]
+    with (malformed / "metrics.jsonl").open("a") as f:
+        f.write('{"iter": 9, "val/succ\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:\d+: malformed metrics line"):
+        load_runs([malformed])
+
+
+def test_plots_are_written(real_runs, tmp_path):
+    written = plot_all(load_runs([real_runs["multirun"], real_runs["webshop"]]), tmp_path)
+    names = {p.name for p in written}
+    assert {"curves_sokoban.png", "step_groups_sokoban.png", "advantage_sokoban.png", "curves_webshop.png"} <= names
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_notebook_executes_on_real_runs(real_runs, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("GIGPO_RUNS", os.pathsep.join([str(real_runs["multirun"]), str(real_runs["webshop"])]))
+    monkeypatch.setenv("GIGPO_ANALYSIS_OUT", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    notebook = nbformat.read(ROOT / "analysis" / "compare.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT)}}).execute()
+    assert (tmp_path / "sokoban.md").exists() and (tmp_path / "curves_sokoban.png").exists()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_wandb_runs_load_into_the_same_form(real_runs, monkeypatch):
+    """W&B cannot be reached offline: a stand-in Api serves a real run's config and history."""
+    import types
+
+    run_dir = run_dirs(real_runs["multirun"])[0]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    class RemoteRun:
+        id, config, summary = "abc123", {**config(run_dir), "_wandb": {}}, {"final/val_success": 0.0}
+
+        def scan_history(self):
+            return [{"_step": row["iter"], "_runtime": 1.0, **{k: v for k, v in row.items() if k != "iter"}}
+                    for row in lines]
+
+    api = types.SimpleNamespace(runs=lambda path: [RemoteRun()] if path == "me/gigpo" else [])
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=lambda: api))
+    [remote] = load_runs(["wandb:me/gigpo"])
+    [local] = load_runs([run_dir])
+    assert remote.source == "wandb:me/gigpo/abc123"
+    assert (remote.method, remote.env, remote.seed) == (local.method, local.env, local.seed)
+    assert list(remote.history["iter"]) == list(local.history["iter"])
+    assert remote.final["val/success"] == local.final["val/success"]
