@@ -163,7 +163,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 300
+    iterations: int = 450
     max_env_steps: int = 0
     """Stop once this many env steps were collected (a fair budget across group sizes); 0: no cap."""
     seed: int = 0

@@ -98,15 +98,16 @@ def episode_summary(records: list[StepRecord]) -> dict[str, float]:
     return out
 
 
-def env_corpus(env_cfg: EnvConfig, episodes: int = 16, seed: int = 0) -> list[str]:
-    """Text for training the tiny model's tokenizer: prompts of random-action episodes."""
+def env_corpus(env_cfg: EnvConfig, episodes: int = 16, max_prompts: int = 200, seed: int = 0) -> list[str]:
+    """Text for training the tiny model's tokenizer: prompts of random-action episodes, at most
+    ``max_prompts`` of them (an ALFWorld step takes ~0.1 s)."""
     module = env_module(env_cfg.name)
     decodable = getattr(module, "decodable_actions", lambda view: view.admissible)
     options = env_options(env_cfg)
     options.pop("val_split", None)
     env = make(env_cfg.name, **options)
     rng = random.Random(seed)
-    texts = []
+    texts, prompts = [], 0
     try:
         for episode in range(episodes):
             step = env.reset(seed=episode)
@@ -115,6 +116,9 @@ def env_corpus(env_cfg: EnvConfig, episodes: int = 16, seed: int = 0) -> list[st
                 view = View(0, 0, 0, t, step.info.get("task", ""), step.observation, list(step.admissible),
                             history[-env_cfg.history_len :])
                 texts.append(module.render_prompt(view, env_cfg.compact_prompt))
+                prompts += 1
+                if prompts >= max_prompts:
+                    return texts
                 actions = decodable(view)
                 texts.extend(f"<action>{a}</action>" for a in actions)
                 if step.done or not actions:

@@ -12,6 +12,7 @@ Deliberate simplifications against the paper's verl-based setup, and why:
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 import json
 import logging
 import math
@@ -95,13 +96,18 @@ def collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: 
     if not cfg.algo.dynamic_sampling:
         return result, 0
     kept, dropped, next_seed = [], 0, base + cfg.env.groups
+    clock = {"generate_s": 0.0, "total_s": 0.0, "tokens": 0}
     for round_ in range(cfg.algo.max_resample + 1):
-        returns: dict[tuple[int, int], float] = {}
+        for key in clock:
+            clock[key] += getattr(result, key)
+        returns: dict[tuple[int, int], float] = defaultdict(float)
         for r in result.records:
-            returns[(r.group_id, r.traj_id)] = returns.get((r.group_id, r.traj_id), 0.0) + r.reward
-        spread = {g: np.ptp([v for (gg, _), v in returns.items() if gg == g]) for g, _ in returns}
-        good = {g for g, s in spread.items() if s > 0}
-        dropped += len(spread) - len(good)
+            returns[(r.group_id, r.traj_id)] += r.reward
+        by_group: dict[int, list[float]] = defaultdict(list)
+        for (group, _), value in returns.items():
+            by_group[group].append(value)
+        good = {g for g, values in by_group.items() if max(values) > min(values)}
+        dropped += len(by_group) - len(good)
         offset = 1_000_000 * round_  # keep group ids distinct across rounds
         for r in result.records:
             if r.group_id in good:
@@ -113,8 +119,7 @@ def collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: 
             break
         result = rollout(runner, act, list(range(next_seed, next_seed + missing)), cfg.algo.group_size)
         next_seed += missing
-    merged = Rollout(kept or result.records)
-    return merged, dropped
+    return Rollout(kept or result.records, **clock), dropped
 
 
 def compute_step_advantages(cfg: DictConfig, batch: Rollout) -> tuple[np.ndarray, dict[str, float]]:

@@ -112,3 +112,52 @@ def test_bad_override_fails_before_training(tmp_path):
     out = run(["algo.step_wieght=2", f"run_dir={tmp_path}"])
     assert out.returncode != 0 and "step_wieght" in out.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_dynamic_sampling_drops_no_signal_groups(tmp_path):
+    # Groups of 2 on easy Sokoban often tie (both fail); dynamic sampling rolls out more groups.
+    out = run(["env.groups=4", "algo.group_size=2", "env.val_episodes=4", "train.val_every=5", "train.iterations=2",
+               "algo.dynamic_sampling=true", "algo.max_resample=2", "logger=none", f"run_dir={tmp_path}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [r for r in metrics(tmp_path) if "train/dropped_groups" in r]
+    assert sum(r["train/dropped_groups"] for r in rows) > 0
+    # Kept groups all carry signal: their episode advantages cannot all be zero.
+    assert all(r["adv/episode_abs_mean"] > 0 for r in rows)
+    assert all(r["time/rollout_s"] > 0 and r["time/generate_s"] > 0 for r in rows)
+
+
+def test_hf_model_from_a_local_checkpoint_with_chat_template(tmp_path):
+    """model=hf: a local checkpoint folder (here a tiny Qwen2 saved with a chat template), free-form
+    output projected to actions; a random model mostly answers out of format, so invalid actions
+    are counted and penalised."""
+    import torch
+
+    from gigpo.config import ModelConfig
+    from gigpo.policy.model import build_tiny
+    from gigpo.policy.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(["task: push X onto O <action>up</action> left right down"] * 50, 300)
+    tokenizer.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}<|assistant|>"
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "checkpoint"
+    build_tiny(ModelConfig(), tokenizer).save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+
+    run_dir = tmp_path / "run"
+    out = run([*TINY, "model=hf", f"model.path={checkpoint}", "model.dtype=float32", "model.max_response_tokens=8",
+               "train.iterations=1", "logger=none", f"run_dir={run_dir}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    first = metrics(run_dir)[0]
+    assert first["train/invalid_rate"] > 0.5 and "val/success" in metrics(run_dir)[-1]
+
+
+def test_invalid_penalty_enters_the_training_reward_only():
+    from gigpo.rollout import Rollout
+    from gigpo.runner import StepRecord
+
+    records = [StepRecord(0, 0, t, "s", "obs", "up", "x", valid, -0.1, False, False, "sokoban")
+               for t, valid in enumerate([True, False, False])]
+    batch = Rollout(records)
+    batch.penalise_invalid(0.1)
+    assert batch.reward.tolist() == [-0.1, -0.2, -0.2]  # logged env rewards stay as the env gave them
+    assert [r.reward for r in records] == [-0.1, -0.1, -0.1]
