@@ -200,7 +200,7 @@ class LoggerConfig:
     project: str = "gigpo"
     entity: Optional[str] = None
     group: Optional[str] = None
-    """W&B group; None: the experiment name."""
+    """W&B group; None: experiment_name."""
 
 
 @dataclass
@@ -218,7 +218,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    experiment: str = "default"
+    experiment_name: str = "default"
     """Experiment name: W&B group and output folder."""
     mode: str = "train"
     """"train", or "eval" (evaluate `checkpoint` on the validation split)."""

@@ -73,7 +73,7 @@ def _init_wandb(run_dir: Path, cfg):
     return wandb.init(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
-        group=cfg.logger.group or cfg.experiment,
+        group=cfg.logger.group or cfg.experiment_name,
         name=run_dir.name,
         id=run_id,
         resume="allow",

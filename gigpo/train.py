@@ -142,7 +142,7 @@ def update(cfg: DictConfig, policy, reference, optimizer, batch: Rollout, advant
     """PPO-clip epochs over shuffled mini-batches of env-step samples; returns averaged loss metrics."""
     device = cfg.train.device
     samples = batch.samples
-    pad_id = policy.config.pad_token_id if hasattr(policy, "config") else 0
+    pad_id = getattr(policy.config, "pad_token_id", None) or 0  # padding is masked: any valid id does
     vocab_size = policy.get_output_embeddings().weight.shape[0]
     micro = cfg.train.micro_batch_size
 

@@ -157,7 +157,7 @@ class Objective:
             cfg = compose(trial_overrides(self.overrides, params, self.budget, k, base_seed))
             with open_dict(cfg):
                 cfg.run_dir = str(run_dir)
-                cfg.experiment = self.study_name
+                cfg.experiment_name = self.study_name
                 cfg.logger.group = self.study_name
                 cfg.sweep = {"study": self.study_name, "trial": trial.number, "seed_index": k,
                              "params": params}

@@ -122,7 +122,7 @@ def update(cfg, engine, reference, batch, advantages: np.ndarray, iteration: int
     device = engine.device
     samples = batch.samples
     module = engine.module
-    pad_id = module.config.pad_token_id if hasattr(module, "config") else 0
+    pad_id = getattr(module.config, "pad_token_id", None) or 0  # padding is masked: any valid id does
     weight = module.get_output_embeddings().weight
     vocab_size = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 keeps the full shape in ds_shape
     micro = cfg.train.micro_batch_size
