@@ -200,7 +200,8 @@ def test_training_loop_runs_under_torchrun_with_deepspeed(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(root / "run.py"),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+         str(root / "run.py"),
          "train.strategy=deepspeed", "train.iterations=2", "env.groups=2", "algo.group_size=4", "env.val_episodes=4",
          "train.val_every=1", "logger=none", f"run_dir={tmp_path}"],
         cwd=root, env=env, capture_output=True, text=True, timeout=600,
