@@ -26,8 +26,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gigpo.loss import policy_loss
-from gigpo.policy.model import pad_batch, token_logprobs
 
 T = TypeVar("T")
 
@@ -109,74 +107,35 @@ def _max_across_ranks(value: int) -> int:
     return int(tensor.item())
 
 
-def _fit(values: torch.Tensor, width: int) -> torch.Tensor:
-    if values.shape[0] >= width:
-        return values[:width]
-    return torch.nn.functional.pad(values, (0, width - values.shape[0]))
-
-
 def update(cfg, engine, reference, batch, advantages: np.ndarray, iteration: int) -> dict[str, float]:
     """``gigpo.train.update`` across ranks: the same mini-batches (same shuffling), each rank taking
     ``mini[rank::K]``; returns the same loss metrics as the single-process update."""
+    from gigpo.train import Scorer, minibatches
+
     r, k = rank(), world_size()
-    device = engine.device
-    samples = batch.samples
-    module = engine.module
-    pad_id = getattr(module.config, "pad_token_id", None) or 0  # padding is masked: any valid id does
-    weight = module.get_output_embeddings().weight
-    vocab_size = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 keeps the full shape in ds_shape
+    scorer = Scorer(cfg, engine.module, batch.samples, advantages, engine.device)
     micro = cfg.train.micro_batch_size
-
-    def forward(rows, model, with_entropy=False):
-        tensors = pad_batch([samples[i] for i in rows], pad_id, device, vocab_size)
-        logp, entropy = token_logprobs(model, tensors, cfg.model.temperature, with_entropy)
-        return logp, entropy, tensors["response_mask"]
-
-    # The same shuffles as the single-process update; this rank's rows of every mini-batch.
-    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + iteration)
-    epochs = [torch.randperm(len(samples), generator=generator).tolist() for _ in range(cfg.train.ppo_epochs)]
-    minis = [order[s : s + cfg.train.mini_batch_size] for order in epochs
-             for s in range(0, len(order), cfg.train.mini_batch_size)]
-    mine = sorted({i for mini in minis for i in mini[r::k]})
+    minis = minibatches(cfg, len(batch.samples), iteration)
 
     # Old (and reference) log-probs of this rank's rows; every rank runs as many passes (ZeRO-3 gathers).
     engine.eval()
-    old, ref = {}, {}
-    passes = _max_across_ranks(-(-len(mine) // micro))
-    with torch.no_grad():
-        for p in range(passes):
-            rows = mine[p * micro : (p + 1) * micro] or [0]
-            logp, _, _ = forward(rows, engine)
-            old.update({i: logp[j] for j, i in enumerate(rows)})
-            if reference is not None:
-                logp, _, _ = forward(rows, reference)
-                ref.update({i: logp[j] for j, i in enumerate(rows)})
+    mine = sorted({i for mini in minis for i in mini[r::k]})
+    for p in range(_max_across_ranks(-(-len(mine) // micro))):
+        scorer.record_old(mine[p * micro : (p + 1) * micro] or [0], engine, reference)
 
     engine.train()
-    adv = torch.as_tensor(advantages, dtype=torch.float32)
     totals: dict[str, float] = {}
     for mini in minis:
         shard = mini[r::k]
-        tokens_in_mini = sum(len(samples[i].response_ids) for i in mini)
         n_micro = _max_across_ranks(-(-len(shard) // micro))
         for m in range(n_micro):
             rows = shard[m * micro : (m + 1) * micro]
-            real = bool(rows)
-            rows = rows or [mini[0]]  # a rank with nothing left still joins the collective backward, weight 0
+            weight = float(bool(rows))  # a rank with nothing left still joins the collective backward
             engine.set_gradient_accumulation_boundary(m == n_micro - 1)
-            logp, entropy, mask = forward(rows, engine, with_entropy=True)
-            width = logp.shape[1]
-            old_lp = torch.stack([_fit(old.get(i, torch.zeros(width)), width) for i in rows])
-            ref_lp = torch.stack([_fit(ref.get(i, torch.zeros(width)), width) for i in rows]) if reference is not None else None
-            loss, metrics = policy_loss(logp, old_lp, adv[rows].to(device), mask, cfg.algo.clip_low,
-                                        cfg.algo.clip_high, cfg.algo.loss_agg, ref_lp, cfg.algo.kl_coef,
-                                        entropy, cfg.algo.entropy_coef)
-            # This micro-batch's share of the global mini-batch mean; x K undoes DeepSpeed's rank average.
-            share = (mask.sum().item() / max(tokens_in_mini, 1)) if cfg.algo.loss_agg == "token_mean" else len(rows) / len(mini)
-            share *= float(real)
-            engine.backward(loss * share * k)
+            loss, metrics = scorer.micro_loss(rows or [mini[0]], mini, engine)
+            engine.backward(loss * weight * k)  # x K undoes DeepSpeed's average over ranks
             for name, value in metrics.items():
-                totals[name] = totals.get(name, 0.0) + value * share
+                totals[name] = totals.get(name, 0.0) + value * weight
         engine.step()
         grad_norm = float(engine.get_global_grad_norm() or 0.0) if r == 0 else 0.0  # global: counted once
         totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm
