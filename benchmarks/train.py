@@ -66,7 +66,6 @@ def rollout_overhead(overrides: list[str]) -> dict:
         runner.close()
     # Replay the recorded actions on fresh envs: pure env time, no runner, no policy.
     options = env_options(cfg.env)
-    options.pop("val_split", None)
     envs = [make(cfg.env.name, **options) for _ in range(cfg.env.groups * cfg.algo.group_size)]
     by_traj: dict[int, list[str]] = {}
     for r in result.records:

@@ -231,12 +231,15 @@ class Config:
 ENV_SCHEMAS = {"sokoban": SokobanConfig, "alfworld": AlfWorldConfig, "webshop": WebShopConfig}
 
 
-def env_options(env) -> dict[str, Any]:
+def env_options(env, validation: bool = False) -> dict[str, Any]:
     """The environment constructor's kwargs: the keys the env's schema adds to EnvConfig, plus
-    max_steps. ``val_split`` is kept for the caller, which swaps it in for validation."""
+    max_steps. With ``validation``, ``split`` becomes the schema's ``val_split`` where it has one."""
     base = {f.name for f in dataclasses.fields(EnvConfig)}
     options = {f.name: env[f.name] for f in dataclasses.fields(ENV_SCHEMAS[env.name]) if f.name not in base}
     options["max_steps"] = env.max_steps
+    val_split = options.pop("val_split", None)
+    if validation and val_split is not None:
+        options["split"] = val_split
     return options
 
 

@@ -104,7 +104,6 @@ def env_corpus(env_cfg: EnvConfig, episodes: int = 16, max_prompts: int = 200, s
     module = env_module(env_cfg.name)
     decodable = getattr(module, "decodable_actions", lambda view: view.admissible)
     options = env_options(env_cfg)
-    options.pop("val_split", None)
     env = make(env_cfg.name, **options)
     rng = random.Random(seed)
     texts, prompts = [], 0

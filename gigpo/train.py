@@ -67,10 +67,7 @@ def build_policy(cfg: DictConfig, run_dir: Path):
 
 
 def make_runner(cfg: DictConfig, validation: bool = False) -> GroupRunner:
-    options = env_options(cfg.env)
-    if validation and "val_split" in options:
-        options["split"] = options["val_split"]
-    options.pop("val_split", None)
+    options = env_options(cfg.env, validation)
     return GroupRunner(cfg.env.name, options, num_workers=cfg.env.workers, step_timeout_s=cfg.env.step_timeout_s,
                        history_len=cfg.env.history_len)
 

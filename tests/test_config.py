@@ -80,3 +80,12 @@ def test_env_options_build_the_env():
     env = make(cfg.env.name, **env_options(cfg.env))
     step = env.reset(seed=3)
     assert step.admissible and not step.done
+
+
+@pytest.mark.parametrize("validation, split", [(False, "train"), (True, "test")])
+def test_env_options_swap_in_the_validation_split(validation, split):
+    cfg = compose_cfg(["env=webshop"])
+    options = env_options(cfg.env, validation)
+    assert options["split"] == split and "val_split" not in options
+    env = make(cfg.env.name, **options)
+    assert not env.reset(seed=0).done
