@@ -7,6 +7,8 @@ prompt template) and saves it with the run, so a resumed or evaluated run tokeni
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -38,11 +40,15 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
 
 def load_or_build_tokenizer(folder: Path, corpus_fn, vocab_size: int) -> PreTrainedTokenizerFast:
     """Load the run's tokenizer from ``folder``, or build it from ``corpus_fn()`` and save it there."""
-    if (folder / "tokenizer.json").exists():
-        tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
-    else:
-        tok = build_tokenizer(corpus_fn(), vocab_size)
-        folder.mkdir(parents=True, exist_ok=True)
-        tok.save_pretrained(str(folder))
+    if not folder.exists():
+        # Saved atomically: under torchrun every rank builds the same tokenizer, and one must not
+        # read another's half-written files. The first rename wins; the others load its copy.
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        build_tokenizer(corpus_fn(), vocab_size).save_pretrained(str(tmp))
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            shutil.rmtree(tmp)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
     tok.padding_side = "left"
     return tok
