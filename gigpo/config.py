@@ -129,6 +129,20 @@ class WebShopConfig(EnvConfig):
 
 
 @dataclass
+class GridNavConfig(EnvConfig):
+    name: str = "gridnav"
+    max_steps: int = 10
+    size: int = 7
+    """Interior side length of the grid (walls excluded)."""
+    distance: int = 4
+    """The horizon knob: every instance's shortest solution has exactly this many moves."""
+    wall_density: float = 0.3
+    """Probability that an interior cell is a wall."""
+    reward_goal: float = 10.0
+    """Reward on reaching the goal (the only reward)."""
+
+
+@dataclass
 class ModelConfig:
     """The policy: a transformers causal LM and how it samples."""
 
@@ -228,7 +242,8 @@ class Config:
     """Output folder; None: Hydra's output dir, or the current dir outside Hydra."""
 
 
-ENV_SCHEMAS = {"sokoban": SokobanConfig, "alfworld": AlfWorldConfig, "webshop": WebShopConfig}
+ENV_SCHEMAS = {"sokoban": SokobanConfig, "alfworld": AlfWorldConfig, "webshop": WebShopConfig,
+               "gridnav": GridNavConfig}
 
 
 def env_options(env, validation: bool = False) -> dict[str, Any]:

@@ -15,6 +15,7 @@ ENVS: dict[str, str] = {
     "sokoban": "gigpo.envs.sokoban:SokobanEnv",
     "alfworld": "gigpo.envs.alfworld:AlfWorldEnv",
     "webshop": "gigpo.envs.webshop:WebShopEnv",
+    "gridnav": "gigpo.envs.gridnav:GridNavEnv",
 }
 
 
