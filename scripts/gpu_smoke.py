@@ -1,7 +1,7 @@
 """GPU smoke check: one training iteration of a random-init model of Qwen2.5-1.5B's shape, GiGPO vs GRPO.
 
 Prints, per estimator, the iteration time split into rollout (HF generate + env), log-probs (one
-no-grad pass over the batch, as the update's first phase), update (the rest of ``gigpo.train.update``:
+no-grad pass over the batch, as the update's first phase), update (the rest of ``gigpo.ppo.update``:
 forward/backward/AdamW) and the peak GPU memory. No weights are downloaded: the model is
 Qwen2Config(hidden 1536, 28 layers, 12 heads, 2 KV heads, intermediate 8960, vocab 151936) with random
 init, the tokenizer the project's BPE trained on Sokoban text.
@@ -42,7 +42,8 @@ def iteration(algo: str, args, shape: dict, run_dir: Path) -> dict[str, float]:
     from gigpo.policy.model import pad_batch, token_logprobs
     from gigpo.policy.tokenizer import load_or_build_tokenizer
     from gigpo.rollout import env_corpus
-    from gigpo.train import collect, compute_step_advantages, make_runner, update
+    from gigpo.ppo import update
+    from gigpo.train import collect, compute_step_advantages, make_runner
 
     register_configs()
     overrides = [f"algo={algo}", "env=sokoban", f"env.groups={args.groups}", f"algo.group_size={args.group_size}",

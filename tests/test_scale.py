@@ -40,7 +40,8 @@ def free_port() -> int:
 def test_lora_update_moves_only_adapter_weights_and_improves_the_objective(tmp_path):
     from types import SimpleNamespace
 
-    from gigpo.train import build_policy, update
+    from gigpo.ppo import update
+    from gigpo.train import build_policy
 
     cfg = compose_cfg(["env=sokoban_easy", "model.lora_rank=4", "model.lora_alpha=8", "train.lr=1e-2",
                        "train.mini_batch_size=8", "train.micro_batch_size=4", "model.constrained=false"])
