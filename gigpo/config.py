@@ -40,8 +40,12 @@ class AlgoConfig:
     """PPO ratio clip below: ratio >= 1 - clip_low."""
     clip_high: float = 0.2
     """PPO ratio clip above: ratio <= 1 + clip_high (asymmetric "clip-higher" allowed)."""
+    clip_ratio_c: float = 3.0
+    """Dual-clip bound c > 1: a negative-advantage token's loss is at most -c * A (verl's default 3); inf disables."""
     kl_coef: float = 0.0
     """Weight of the low-variance (k3) KL to the frozen reference policy; 0 disables it."""
+    kl_clamp: Optional[float] = 10.0
+    """The per-token k3 estimate is clamped to [-kl_clamp, kl_clamp] (verl's low_var_kl); None: no clamp."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus; 0 disables it."""
     loss_agg: str = "token_mean"
@@ -288,6 +292,8 @@ def check(cfg) -> None:
             raise ValueError(f"{key}={value!r} must be >= 1")
     if not 0.0 <= cfg.algo.gamma <= 1.0:
         raise ValueError(f"algo.gamma={cfg.algo.gamma!r} must be in [0, 1]")
+    if not cfg.algo.clip_ratio_c > 1.0:
+        raise ValueError(f"algo.clip_ratio_c={cfg.algo.clip_ratio_c!r} must be > 1 (inf disables dual-clip)")
     if cfg.algo.similarity is not None and not 0.0 < cfg.algo.similarity <= 1.0:
         raise ValueError(f"algo.similarity={cfg.algo.similarity!r} must be in (0, 1] or null")
     if cfg.mode == "eval" and not cfg.checkpoint:

@@ -60,7 +60,7 @@ class Scorer:
         ref_lp = torch.stack([_fit(self.ref[i], width) for i in rows]) if self.ref else None
         loss, metrics = policy_loss(logp, old_lp, self.advantages[rows].to(self.device), mask, cfg.algo.clip_low,
                                     cfg.algo.clip_high, cfg.algo.loss_agg, ref_lp, cfg.algo.kl_coef, entropy,
-                                    cfg.algo.entropy_coef)
+                                    cfg.algo.entropy_coef, cfg.algo.clip_ratio_c, cfg.algo.kl_clamp)
         if cfg.algo.loss_agg == "token_mean":
             share = mask.sum().item() / max(sum(len(self.samples[i].response_ids) for i in mini), 1)
         else:
