@@ -151,7 +151,10 @@ class ModelConfig:
     max_response_tokens: int = 16
     temperature: float = 1.0
     """Rollout sampling temperature."""
+    top_k: int = 0
+    """Rollout sampling keeps the k likeliest tokens; 0 keeps all. The scorer applies the same cut."""
     top_p: float = 1.0
+    """Rollout nucleus sampling; 1.0 keeps all. The scorer applies the same cut."""
     val_temperature: float = 0.4
     """Validation temperature (the paper evaluates at 0.4); 0 is greedy."""
     constrained: bool = True
@@ -294,6 +297,8 @@ def check(cfg) -> None:
         raise ValueError(f"algo.gamma={cfg.algo.gamma!r} must be in [0, 1]")
     if not cfg.algo.clip_ratio_c > 1.0:
         raise ValueError(f"algo.clip_ratio_c={cfg.algo.clip_ratio_c!r} must be > 1 (inf disables dual-clip)")
+    if cfg.model.top_k < 0 or not 0.0 < cfg.model.top_p <= 1.0:
+        raise ValueError(f"model.top_k={cfg.model.top_k!r} must be >= 0 and model.top_p={cfg.model.top_p!r} in (0, 1]")
     if cfg.algo.similarity is not None and not 0.0 < cfg.algo.similarity <= 1.0:
         raise ValueError(f"algo.similarity={cfg.algo.similarity!r} must be in (0, 1] or null")
     if cfg.mode == "eval" and not cfg.checkpoint:

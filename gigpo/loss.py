@@ -1,7 +1,7 @@
 """The PPO-clip policy loss with dual-clip, optional KL-to-reference and entropy terms, as a pure function.
 
 For response token t of sample i with advantage A_i (the step's advantage, the same for all its
-tokens) and ratio rho_t = exp(log pi(y_t) - log pi_old(y_t)):
+tokens) and ratio rho_t = exp(log pi(y_t) - log pi_old(y_t)) (log-ratio clamped to [-20, 20], as verl):
 
     L_clip = max(-rho_t A_i, -clip(rho_t, 1 - clip_low, 1 + clip_high) A_i)     (PPO, Schulman 2017)
     L_pg   = min(L_clip, -c A_i)  if A_i < 0,  else L_clip                       (dual-clip, Ye et al. 2020)
@@ -28,7 +28,7 @@ import math
 import torch
 
 KL_LOG_RATIO_BOUND = 20.0
-"""|q - p| beyond this is clamped before exp (exp(20) = 4.9e8 is finite in float32)."""
+"""Log-ratios (to pi_old, to pi_ref) are clamped to +-20 before exp (exp(20) = 4.9e8 is finite in float32)."""
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: str) -> torch.Tensor:
@@ -68,7 +68,8 @@ def policy_loss(
     if not clip_ratio_c > 1.0:
         raise ValueError(f"algo.clip_ratio_c={clip_ratio_c!r} must be > 1 (math.inf disables dual-clip)")
     adv = advantages.unsqueeze(-1)  # [B, 1]
-    log_ratio = logprobs - old_logprobs
+    # Bounded as in verl: a token outside the old top-k/top-p set (log pi_old = -inf) gives a finite ratio.
+    log_ratio = (logprobs - old_logprobs).clamp(-KL_LOG_RATIO_BOUND, KL_LOG_RATIO_BOUND)
     ratio = torch.exp(log_ratio)
     unclipped = -ratio * adv
     clipped = -torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv

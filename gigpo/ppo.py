@@ -40,7 +40,10 @@ class Scorer:
 
     def forward(self, rows: list[int], model, with_entropy: bool = False):
         tensors = pad_batch([self.samples[i] for i in rows], self.pad_id, self.device, self.vocab_size)
-        logp, entropy = token_logprobs(model, tensors, self.cfg.model.temperature, with_entropy)
+        m = self.cfg.model
+        # The entropy needs a graph only when it is in the loss; otherwise it is logged from detached log-probs.
+        logp, entropy = token_logprobs(model, tensors, m.temperature, with_entropy, m.top_k, m.top_p,
+                                       entropy_grad=self.cfg.algo.entropy_coef > 0)
         return logp, entropy, tensors["response_mask"]
 
     @torch.no_grad()

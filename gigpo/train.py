@@ -60,10 +60,16 @@ def build_policy(cfg: DictConfig, run_dir: Path):
                                                    lora_dropout=cfg.model.lora_dropout, target_modules="all-linear"))
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
+    device = cfg.train.device
+    if cfg.train.strategy == "deepspeed":  # each rank's engine sits on its own GPU: so must its reference
+        from gigpo.scale.deepspeed import local_device
+
+        device = local_device(cfg)
+    policy = policy.to(device)
     reference = None
-    if cfg.algo.kl_coef > 0:
+    if cfg.algo.kl_coef > 0:  # copied after the move, so the reference lives where the policy does
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    return policy.to(cfg.train.device), reference, tokenizer
+    return policy, reference, tokenizer
 
 
 def make_runner(cfg: DictConfig, validation: bool = False) -> GroupRunner:
