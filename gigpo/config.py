@@ -215,6 +215,8 @@ class RolloutConfig:
     name: str = "hf"
     """"hf" (transformers generate) or "vllm"."""
     gpu_memory_utilization: float = 0.4
+    sleep: bool = False
+    """vLLM sleep mode: level-2 sleep during the update (frees weights and KV cache); weights pushed on wake."""
 
 
 @dataclass

@@ -211,6 +211,8 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             advantage_s = time.perf_counter() - t0
 
             # ---- PPO update
+            if cfg.rollout.name == "vllm":
+                engine.sleep()  # frees the engine's GPU memory with rollout.sleep=true; no-op otherwise
             t0 = time.perf_counter()
             if ds_engine is not None:
                 loss_stats = ds.update(cfg, ds_engine, reference, batch, advantages, iteration)
