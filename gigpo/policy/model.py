@@ -156,7 +156,7 @@ def generate(
     # defaults (top_k 50), and the sampled policy would no longer be the scored one.
     neutral = dict(top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
                    repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
-                   min_length=0, min_new_tokens=0, num_beams=1, renormalize_logits=False)
+                   min_new_tokens=0, num_beams=1, renormalize_logits=False)
     if temperature > 0:
         sampling = dict(neutral, do_sample=True, temperature=temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     else:
