@@ -196,11 +196,12 @@ def test_entropy_without_graph_when_not_trained():
 
 # ---- the KL reference ----
 
-def test_reference_lives_on_the_policys_device(tmp_path):
+@pytest.mark.parametrize("strategy", ["single", "deepspeed"])
+def test_reference_lives_on_the_policys_device(tmp_path, strategy):
     from gigpo.train import build_policy
 
     # meta stands in for a GPU here: the old code copied the reference before moving the policy (cpu).
-    cfg = compose_cfg(["env=sokoban_easy", "algo.kl_coef=0.01", "train.device=meta"])
+    cfg = compose_cfg(["env=sokoban_easy", "algo.kl_coef=0.01", "train.device=meta", f"train.strategy={strategy}"])
     policy, reference, _ = build_policy(cfg, tmp_path)
     devices = {p.device for p in policy.parameters()} | {p.device for p in reference.parameters()}
     assert devices == {torch.device("meta")}

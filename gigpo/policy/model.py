@@ -19,9 +19,11 @@ is dropped by ``load_hf`` and each ``generate`` call passes a complete, neutral 
 A response ends at its first EOS *by position* and keeps it, so the EOS is scored and trained
 even when the tokenizer's pad id equals its EOS id.
 
-Scoring computes logits only where they are used: the backbone runs over the whole sequence,
-the hidden states of response positions are gathered, and only those go through the LM head,
-in chunks of ``LOGIT_CHUNK`` tokens; entropy only when asked. With Qwen2.5's 151,936-token
+Scoring computes logits only where they are used: the model runs over the whole sequence with
+``logits_to_keep=1``, the decoder's final hidden states are caught by a forward hook, those of the
+response positions are gathered, and only they go through the LM head, in chunks of
+``LOGIT_CHUNK`` tokens; entropy only when asked. Calling the model itself, not its decoder, keeps
+the wrappers' own forward hooks in play (DeepSpeed ZeRO-3 gathers and releases parameters there). With Qwen2.5's 151,936-token
 vocabulary and 2,048-token prompts this is what keeps a scoring micro-batch small
 (``python -m benchmarks.memory``).
 """
@@ -216,8 +218,8 @@ def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None
 
 
 def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The decoder stack (returning hidden states) and the LM head of a causal LM, seen through a
-    DeepSpeed engine or DDP (``.module``) and peft (``get_base_model()``; LoRA layers stay in place)."""
+    """The decoder stack (whose output holds the final hidden states) and the LM head of a causal LM,
+    seen through a DeepSpeed engine or DDP (``.module``) and peft (``get_base_model()``)."""
     while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     if hasattr(model, "get_base_model"):
@@ -240,7 +242,15 @@ def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1
     decoding, and warp the sampler's top-k/top-p (``sampling_warpers``): the distribution sampled from.
     """
     backbone, head = backbone_and_head(model)
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    # The model itself is called (so DeepSpeed's and peft's hooks on it run) with logits for the last
+    # position only; the decoder's final hidden states are taken from a hook on it.
+    captured = []
+    hook = backbone.register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
+    finally:
+        hook.remove()
+    hidden = captured[-1]  # [B, L, H]
     where = batch["response_mask"].bool()  # [B, L-1]
     states = hidden[:, :-1][where]  # [N, H]
     targets = batch["input_ids"][:, 1:][where]  # [N]
