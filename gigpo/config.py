@@ -40,8 +40,12 @@ class AlgoConfig:
     """PPO ratio clip below: ratio >= 1 - clip_low."""
     clip_high: float = 0.2
     """PPO ratio clip above: ratio <= 1 + clip_high (asymmetric "clip-higher" allowed)."""
+    clip_ratio_c: float = 3.0
+    """Dual-clip bound c > 1: a negative-advantage token's loss is at most -c * A (verl's default 3); inf disables."""
     kl_coef: float = 0.0
     """Weight of the low-variance (k3) KL to the frozen reference policy; 0 disables it."""
+    kl_clamp: Optional[float] = 10.0
+    """The per-token k3 estimate is clamped to [-kl_clamp, kl_clamp] (verl's low_var_kl); None: no clamp."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus; 0 disables it."""
     loss_agg: str = "token_mean"
@@ -161,7 +165,10 @@ class ModelConfig:
     max_response_tokens: int = 16
     temperature: float = 1.0
     """Rollout sampling temperature."""
+    top_k: int = 0
+    """Rollout sampling keeps the k likeliest tokens; 0 keeps all. The scorer applies the same cut."""
     top_p: float = 1.0
+    """Rollout nucleus sampling; 1.0 keeps all. The scorer applies the same cut."""
     val_temperature: float = 0.4
     """Validation temperature (the paper evaluates at 0.4); 0 is greedy."""
     constrained: bool = True
@@ -222,6 +229,8 @@ class RolloutConfig:
     name: str = "hf"
     """"hf" (transformers generate) or "vllm"."""
     gpu_memory_utilization: float = 0.4
+    sleep: bool = False
+    """vLLM sleep mode: level-2 sleep during the update (frees weights and KV cache); weights pushed on wake."""
 
 
 @dataclass
@@ -303,6 +312,10 @@ def check(cfg) -> None:
             raise ValueError(f"{key}={value!r} must be >= 1")
     if not 0.0 <= cfg.algo.gamma <= 1.0:
         raise ValueError(f"algo.gamma={cfg.algo.gamma!r} must be in [0, 1]")
+    if not cfg.algo.clip_ratio_c > 1.0:
+        raise ValueError(f"algo.clip_ratio_c={cfg.algo.clip_ratio_c!r} must be > 1 (inf disables dual-clip)")
+    if cfg.model.top_k < 0 or not 0.0 < cfg.model.top_p <= 1.0:
+        raise ValueError(f"model.top_k={cfg.model.top_k!r} must be >= 0 and model.top_p={cfg.model.top_p!r} in (0, 1]")
     if cfg.algo.similarity is not None and not 0.0 < cfg.algo.similarity <= 1.0:
         raise ValueError(f"algo.similarity={cfg.algo.similarity!r} must be in (0, 1] or null")
     if cfg.mode == "eval" and not cfg.checkpoint:

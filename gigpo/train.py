@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from gigpo.config import env_options
 from gigpo.advantage import advantage_parts, step_group_stats
-from gigpo.loss import policy_loss
-from gigpo.policy.model import build_tiny, generate, load_hf, pad_batch, token_logprobs
+from gigpo.policy.model import build_tiny, generate, load_hf
+from gigpo.ppo import Scorer, minibatches, update  # noqa: F401 -- re-exported for callers of gigpo.train
 from gigpo.policy.tokenizer import load_or_build_tokenizer
 from gigpo.rollout import Rollout, env_corpus, episode_summary, make_act, rollout
 from gigpo.runner import GroupRunner
@@ -60,10 +60,16 @@ def build_policy(cfg: DictConfig, run_dir: Path):
                                                    lora_dropout=cfg.model.lora_dropout, target_modules="all-linear"))
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
+    device = cfg.train.device
+    if cfg.train.strategy == "deepspeed":  # each rank's engine sits on its own GPU: so must its reference
+        from gigpo.scale.deepspeed import local_device
+
+        device = local_device(cfg)
+    policy = policy.to(device)
     reference = None
-    if cfg.algo.kl_coef > 0:
+    if cfg.algo.kl_coef > 0:  # copied after the move, so the reference lives where the policy does
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    return policy.to(cfg.train.device), reference, tokenizer
+    return policy, reference, tokenizer
 
 
 def make_runner(cfg: DictConfig, validation: bool = False) -> GroupRunner:
@@ -133,87 +139,6 @@ def compute_step_advantages(cfg: DictConfig, batch: Rollout) -> tuple[np.ndarray
         stats[f"adv/{name}_abs_mean"] = float(np.abs(values).mean())
     stats["adv/step_nonzero_share"] = float((parts["step"] != 0).mean())
     return parts["advantage"], stats
-
-
-def minibatches(cfg: DictConfig, n: int, iteration: int) -> list[list[int]]:
-    """Sample indices of every optimizer step of the update: ppo_epochs shuffles of range(n), each cut
-    into mini-batches. Seeded by (seed, iteration), so a resumed or data-parallel run shuffles alike."""
-    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + iteration)
-    orders = [torch.randperm(n, generator=generator).tolist() for _ in range(cfg.train.ppo_epochs)]
-    size = cfg.train.mini_batch_size
-    return [order[s : s + size] for order in orders for s in range(0, n, size)]
-
-
-class Scorer:
-    """Per-token log-probs of a batch's samples under a model, and the loss of a micro-batch."""
-
-    def __init__(self, cfg: DictConfig, model, samples, advantages: np.ndarray, device):
-        weight = model.get_output_embeddings().weight
-        self.vocab_size = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 keeps the full shape in ds_shape
-        self.pad_id = getattr(model.config, "pad_token_id", None) or 0  # padding is masked: any valid id does
-        self.cfg, self.samples, self.device = cfg, samples, device
-        self.advantages = torch.as_tensor(advantages, dtype=torch.float32)
-        self.old: dict[int, torch.Tensor] = {}
-        self.ref: dict[int, torch.Tensor] = {}
-
-    def forward(self, rows: list[int], model, with_entropy: bool = False):
-        tensors = pad_batch([self.samples[i] for i in rows], self.pad_id, self.device, self.vocab_size)
-        logp, entropy = token_logprobs(model, tensors, self.cfg.model.temperature, with_entropy)
-        return logp, entropy, tensors["response_mask"]
-
-    @torch.no_grad()
-    def record_old(self, rows: list[int], policy, reference) -> None:
-        """Old (and reference) log-probs of ``rows``, kept for every PPO epoch."""
-        self.old.update(zip(rows, self.forward(rows, policy)[0]))
-        if reference is not None:
-            self.ref.update(zip(rows, self.forward(rows, reference)[0]))
-
-    def micro_loss(self, rows: list[int], mini: list[int], model):
-        """Loss of micro-batch ``rows`` weighted by its share of mini-batch ``mini``: summed over the
-        mini-batch's micro-batches it is the mini-batch loss (token- or sequence-mean)."""
-        cfg = self.cfg
-        logp, entropy, mask = self.forward(rows, model, with_entropy=True)
-        width = logp.shape[1]
-        old_lp = torch.stack([_fit(self.old[i], width) for i in rows])
-        ref_lp = torch.stack([_fit(self.ref[i], width) for i in rows]) if self.ref else None
-        loss, metrics = policy_loss(logp, old_lp, self.advantages[rows].to(self.device), mask, cfg.algo.clip_low,
-                                    cfg.algo.clip_high, cfg.algo.loss_agg, ref_lp, cfg.algo.kl_coef, entropy,
-                                    cfg.algo.entropy_coef)
-        if cfg.algo.loss_agg == "token_mean":
-            share = mask.sum().item() / max(sum(len(self.samples[i].response_ids) for i in mini), 1)
-        else:
-            share = len(rows) / len(mini)
-        return loss * share, {k: v * share for k, v in metrics.items()}
-
-
-def update(cfg: DictConfig, policy, reference, optimizer, batch: Rollout, advantages: np.ndarray, iteration: int):
-    """PPO-clip epochs over shuffled mini-batches of env-step samples; returns averaged loss metrics."""
-    scorer = Scorer(cfg, policy, batch.samples, advantages, cfg.train.device)
-    micro = cfg.train.micro_batch_size
-    policy.eval()
-    for start in range(0, len(batch.samples), micro):
-        scorer.record_old(list(range(start, min(start + micro, len(batch.samples)))), policy, reference)
-
-    policy.train()
-    totals: dict[str, float] = defaultdict(float)
-    minis = minibatches(cfg, len(batch.samples), iteration)
-    for mini in minis:
-        optimizer.zero_grad(set_to_none=True)
-        for m in range(0, len(mini), micro):
-            loss, metrics = scorer.micro_loss(mini[m : m + micro], mini, policy)
-            loss.backward()
-            for k, v in metrics.items():
-                totals[k] += v
-        totals["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.grad_clip))
-        optimizer.step()
-    return {f"loss/{k}": v / max(len(minis), 1) for k, v in totals.items()}
-
-
-def _fit(values: torch.Tensor, width: int) -> torch.Tensor:
-    """Pad or cut a per-token row computed in another micro-batch to this batch's width."""
-    if values.shape[0] >= width:
-        return values[:width]
-    return torch.nn.functional.pad(values, (0, width - values.shape[0]))
 
 
 def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | None = None) -> float:
@@ -286,6 +211,8 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             advantage_s = time.perf_counter() - t0
 
             # ---- PPO update
+            if cfg.rollout.name == "vllm":
+                engine.sleep()  # frees the engine's GPU memory with rollout.sleep=true; no-op otherwise
             t0 = time.perf_counter()
             if ds_engine is not None:
                 loss_stats = ds.update(cfg, ds_engine, reference, batch, advantages, iteration)

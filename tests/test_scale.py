@@ -40,7 +40,8 @@ def free_port() -> int:
 def test_lora_update_moves_only_adapter_weights_and_improves_the_objective(tmp_path):
     from types import SimpleNamespace
 
-    from gigpo.train import build_policy, update
+    from gigpo.ppo import update
+    from gigpo.train import build_policy
 
     cfg = compose_cfg(["env=sokoban_easy", "model.lora_rank=4", "model.lora_alpha=8", "train.lr=1e-2",
                        "train.mini_batch_size=8", "train.micro_batch_size=4", "model.constrained=false"])
@@ -147,6 +148,97 @@ def test_merged_weights_fold_lora_into_base_names(tmp_path):
     assert not torch.equal(weights[name], layer.base_layer.weight)  # the adapter is folded in
     assert torch.equal(dict(policy.named_parameters())[f"base_model.model.{name.removesuffix('.weight')}.base_layer.weight"],
                        layer.base_layer.weight)  # and unmerged again
+
+
+class FakeLLM:
+    """CPU stand-in for ``vllm.LLM`` at the engine boundary only: it records what the backend hands
+    over and runs ``collective_rpc`` callables on a fake in-process worker, as vLLM's UniProcExecutor
+    does with multiprocessing off. It proves nothing about vLLM itself (that needs a GPU)."""
+
+    def __init__(self, **kwargs):
+        from types import SimpleNamespace
+
+        self.kwargs, self.calls, self.loaded = kwargs, [], []
+        self.multiprocessing = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        model = SimpleNamespace(load_weights=lambda weights: self.loaded.append(list(weights)))
+        self.worker = SimpleNamespace(model_runner=SimpleNamespace(get_model=lambda: model))
+
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        self.calls.append("load")
+        return [method(self.worker, *args, **(kwargs or {}))]
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset")
+
+    def sleep(self, level=1):
+        self.calls.append(f"sleep{level}")
+
+    def wake_up(self, tags=None):
+        self.calls.append(f"wake:{','.join(tags or [])}")
+
+    def generate(self, prompts, params, use_tqdm=False):
+        from types import SimpleNamespace
+
+        self.calls.append("generate")
+        self.params = params
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[5, 1], logprobs=None, finish_reason="stop")])
+                for _ in prompts]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    from types import ModuleType, SimpleNamespace
+
+    module = ModuleType("vllm")
+    module.LLM = FakeLLM
+    module.SamplingParams = lambda **kwargs: SimpleNamespace(**kwargs)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    return module
+
+
+def test_vllm_engine_in_process_gets_the_policys_tensors_by_reference(tmp_path, fake_vllm):
+    from gigpo.scale.vllm_rollout import VLLMRollout
+    from gigpo.train import build_policy
+
+    cfg = compose_cfg(["env=sokoban_easy", "rollout.name=vllm", "model.constrained=false", "model.top_k=20"])
+    policy, _, tokenizer = build_policy(cfg, tmp_path)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    engine = VLLMRollout(cfg, policy, tokenizer, optimizer)
+    llm = engine.llm
+    assert llm.multiprocessing == "0"  # set before the engine was built
+    assert llm.kwargs["logprobs_mode"] == "processed_logprobs" and llm.kwargs["generation_config"] == "vllm"
+    assert llm.kwargs["enable_sleep_mode"] is False
+
+    samples = engine.generate(policy, tokenizer, ["a", "b"], cfg.model, 1.0)
+    assert llm.calls == ["generate"]  # fresh engine: nothing to push
+    assert (llm.params.top_k, llm.params.top_p, llm.params.repetition_penalty, llm.params.min_p) == (20, 1.0, 1.0, 0.0)
+    assert samples[0].response_ids == [5, 1]
+
+    policy(torch.tensor([[1, 2]])).logits.sum().backward()
+    optimizer.step()  # marks the engine stale
+    engine.generate(policy, tokenizer, ["a"], cfg.model, 1.0)
+    assert llm.calls[1:] == ["load", "reset", "generate"]
+    pushed = dict(llm.loaded[-1])
+    for name, p in policy.named_parameters():
+        assert pushed[name].data_ptr() == p.data_ptr()  # the policy's own storage: no copy, no CPU trip
+    engine.sleep()
+    assert llm.calls[-1] == "generate"  # sleep mode off: sleep is a no-op
+
+
+def test_vllm_sleep_mode_pushes_weights_after_every_wake(tmp_path, fake_vllm):
+    from gigpo.scale.vllm_rollout import VLLMRollout
+    from gigpo.train import build_policy
+
+    cfg = compose_cfg(["env=sokoban_easy", "rollout.name=vllm", "model.constrained=false", "rollout.sleep=true"])
+    policy, _, tokenizer = build_policy(cfg, tmp_path)
+    engine = VLLMRollout(cfg, policy, tokenizer)
+    llm = engine.llm
+    assert llm.kwargs["enable_sleep_mode"] is True
+    for _ in range(2):  # no optimizer step in between: the weights are pushed anyway (level 2 freed them)
+        engine.sleep()
+        engine.generate(policy, tokenizer, ["a"], cfg.model, 1.0)
+    assert llm.calls == ["sleep2", "wake:weights", "load", "reset", "wake:kv_cache", "generate"] * 2
 
 
 @pytest.mark.gpu

@@ -108,9 +108,9 @@ def _max_across_ranks(value: int) -> int:
 
 
 def update(cfg, engine, reference, batch, advantages: np.ndarray, iteration: int) -> dict[str, float]:
-    """``gigpo.train.update`` across ranks: the same mini-batches (same shuffling), each rank taking
+    """``gigpo.ppo.update`` across ranks: the same mini-batches (same shuffling), each rank taking
     ``mini[rank::K]``; returns the same loss metrics as the single-process update."""
-    from gigpo.train import Scorer, minibatches
+    from gigpo.ppo import Scorer, minibatches
 
     r, k = rank(), world_size()
     scorer = Scorer(cfg, engine.module, batch.samples, advantages, engine.device)

@@ -56,7 +56,7 @@ def main() -> None:
     cfg = make_cfg(args)
     policy, reference, batch, advantages = make_problem()
     if args.strategy == "single":
-        from gigpo.train import update
+        from gigpo.ppo import update
 
         optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         metrics = update(cfg, policy, reference, optimizer, batch, advantages, iteration=0)

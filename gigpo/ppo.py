@@ -1,0 +1,101 @@
+"""The PPO update: old/reference log-probs, shuffled mini-batches, micro-batch losses, optimizer steps.
+
+Used by the training loop (``gigpo.train``) and by the DeepSpeed update (``gigpo.scale.deepspeed``),
+so the scale path depends on the update, not on the loop.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from gigpo.loss import policy_loss
+from gigpo.policy.model import pad_batch, token_logprobs
+from gigpo.rollout import Rollout
+
+
+def minibatches(cfg: DictConfig, n: int, iteration: int) -> list[list[int]]:
+    """Sample indices of every optimizer step of the update: ppo_epochs shuffles of range(n), each cut
+    into mini-batches. Seeded by (seed, iteration), so a resumed or data-parallel run shuffles alike."""
+    generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + iteration)
+    orders = [torch.randperm(n, generator=generator).tolist() for _ in range(cfg.train.ppo_epochs)]
+    size = cfg.train.mini_batch_size
+    return [order[s : s + size] for order in orders for s in range(0, n, size)]
+
+
+class Scorer:
+    """Per-token log-probs of a batch's samples under a model, and the loss of a micro-batch."""
+
+    def __init__(self, cfg: DictConfig, model, samples, advantages: np.ndarray, device):
+        weight = model.get_output_embeddings().weight
+        self.vocab_size = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 keeps the full shape in ds_shape
+        self.pad_id = getattr(model.config, "pad_token_id", None) or 0  # padding is masked: any valid id does
+        self.cfg, self.samples, self.device = cfg, samples, device
+        self.advantages = torch.as_tensor(advantages, dtype=torch.float32)
+        self.old: dict[int, torch.Tensor] = {}
+        self.ref: dict[int, torch.Tensor] = {}
+
+    def forward(self, rows: list[int], model, with_entropy: bool = False):
+        tensors = pad_batch([self.samples[i] for i in rows], self.pad_id, self.device, self.vocab_size)
+        m = self.cfg.model
+        # The entropy needs a graph only when it is in the loss; otherwise it is logged from detached log-probs.
+        logp, entropy = token_logprobs(model, tensors, m.temperature, with_entropy, m.top_k, m.top_p,
+                                       entropy_grad=self.cfg.algo.entropy_coef > 0)
+        return logp, entropy, tensors["response_mask"]
+
+    @torch.no_grad()
+    def record_old(self, rows: list[int], policy, reference) -> None:
+        """Old (and reference) log-probs of ``rows``, kept for every PPO epoch."""
+        self.old.update(zip(rows, self.forward(rows, policy)[0]))
+        if reference is not None:
+            self.ref.update(zip(rows, self.forward(rows, reference)[0]))
+
+    def micro_loss(self, rows: list[int], mini: list[int], model):
+        """Loss of micro-batch ``rows`` weighted by its share of mini-batch ``mini``: summed over the
+        mini-batch's micro-batches it is the mini-batch loss (token- or sequence-mean)."""
+        cfg = self.cfg
+        logp, entropy, mask = self.forward(rows, model, with_entropy=True)
+        width = logp.shape[1]
+        old_lp = torch.stack([_fit(self.old[i], width) for i in rows])
+        ref_lp = torch.stack([_fit(self.ref[i], width) for i in rows]) if self.ref else None
+        loss, metrics = policy_loss(logp, old_lp, self.advantages[rows].to(self.device), mask, cfg.algo.clip_low,
+                                    cfg.algo.clip_high, cfg.algo.loss_agg, ref_lp, cfg.algo.kl_coef, entropy,
+                                    cfg.algo.entropy_coef, cfg.algo.clip_ratio_c, cfg.algo.kl_clamp)
+        if cfg.algo.loss_agg == "token_mean":
+            share = mask.sum().item() / max(sum(len(self.samples[i].response_ids) for i in mini), 1)
+        else:
+            share = len(rows) / len(mini)
+        return loss * share, {k: v * share for k, v in metrics.items()}
+
+
+def update(cfg: DictConfig, policy, reference, optimizer, batch: Rollout, advantages: np.ndarray, iteration: int):
+    """PPO-clip epochs over shuffled mini-batches of env-step samples; returns averaged loss metrics."""
+    scorer = Scorer(cfg, policy, batch.samples, advantages, cfg.train.device)
+    micro = cfg.train.micro_batch_size
+    policy.eval()
+    for start in range(0, len(batch.samples), micro):
+        scorer.record_old(list(range(start, min(start + micro, len(batch.samples)))), policy, reference)
+
+    policy.train()
+    totals: dict[str, float] = defaultdict(float)
+    minis = minibatches(cfg, len(batch.samples), iteration)
+    for mini in minis:
+        optimizer.zero_grad(set_to_none=True)
+        for m in range(0, len(mini), micro):
+            loss, metrics = scorer.micro_loss(mini[m : m + micro], mini, policy)
+            loss.backward()
+            for k, v in metrics.items():
+                totals[k] += v
+        totals["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.grad_clip))
+        optimizer.step()
+    return {f"loss/{k}": v / max(len(minis), 1) for k, v in totals.items()}
+
+
+def _fit(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad or cut a per-token row computed in another micro-batch to this batch's width."""
+    if values.shape[0] >= width:
+        return values[:width]
+    return torch.nn.functional.pad(values, (0, width - values.shape[0]))
