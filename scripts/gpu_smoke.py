@@ -74,7 +74,6 @@ def iteration(algo: str, args, shape: dict, run_dir: Path) -> dict[str, float]:
         rollout_s = time.perf_counter() - t0
     finally:
         runner.close()
-    batch.penalise_invalid(cfg.env.invalid_penalty)
     advantages, _ = compute_step_advantages(cfg, batch)
 
     def sync():

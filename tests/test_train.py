@@ -157,6 +157,6 @@ def test_invalid_penalty_enters_the_training_reward_only():
     records = [StepRecord(0, 0, t, "s", "obs", "up", "x", valid, -0.1, False, False, "sokoban")
                for t, valid in enumerate([True, False, False])]
     batch = Rollout(records)
-    batch.penalise_invalid(0.1)
-    assert batch.reward.tolist() == [-0.1, -0.2, -0.2]  # logged env rewards stay as the env gave them
-    assert [r.reward for r in records] == [-0.1, -0.1, -0.1]
+    # The estimator places the penalty (algo.penalty_placement); rewards stay as the env gave them.
+    assert batch.invalid.tolist() == [False, True, True]
+    assert batch.reward.tolist() == [-0.1, -0.1, -0.1] and [r.reward for r in records] == [-0.1, -0.1, -0.1]
