@@ -151,3 +151,11 @@ def test_tiny_run_with_graphgpo(tmp_path):
                 "episode_groups/singleton_share", "adv/step_std"):
         assert key in rows[0], key
     assert "val/success" in rows[-1]
+
+
+def test_tables_label_graphgpo_after_the_baselines_and_gigpo():
+    from analysis.load import method_label
+    from analysis.tables import order_methods
+
+    assert method_label({"algo": {"name": "graphgpo", "mode": "mean_std"}}) == "GraphGPO"
+    assert order_methods(["GraphGPO", "GiGPO (mean)", "GRPO"]) == ["GRPO", "GiGPO (mean)", "GraphGPO"]
