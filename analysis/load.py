@@ -71,12 +71,12 @@ class Run:
 
 
 def method_label(config: dict) -> str:
-    """``GiGPO (mean)``, ``GiGPO (mean_std)``, ``GRPO``, ``RLOO``: from ``algo.name`` and ``algo.mode``."""
+    """``GiGPO (mean)``, ``GiGPO (mean_std)``, ``GraphGPO``, ``GRPO``, ``RLOO``: from ``algo.name`` and ``algo.mode``."""
     algo = config.get("algo", {})
     name = str(algo.get("name", "unknown"))
     if name == "gigpo":
         return f"GiGPO ({algo.get('mode', 'mean')})"
-    return {"grpo": "GRPO", "rloo": "RLOO"}.get(name, name.upper())
+    return {"grpo": "GRPO", "rloo": "RLOO", "graphgpo": "GraphGPO"}.get(name, name.upper())
 
 
 def read_run_dir(run_dir: Path) -> Run:

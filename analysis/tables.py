@@ -27,12 +27,12 @@ ALFWORLD_COLUMNS = {"Pick": "val/success/pick", "Look": "val/success/look", "Cle
                     "Heat": "val/success/heat", "Cool": "val/success/cool", "Pick2": "val/success/pick2",
                     "All": "val/success"}
 WEBSHOP_COLUMNS = {"Score": "val/score", "Success": "val/success"}
-METHOD_ORDER = ["RLOO", "GRPO", "GiGPO (mean_std)", "GiGPO (mean)"]
+METHOD_ORDER = ["RLOO", "GRPO", "GiGPO (mean_std)", "GiGPO (mean)", "GraphGPO"]
 SCALE = 100.0  # success and score are fractions in the logs and percentages in the tables
 
 
 def order_methods(methods) -> list[str]:
-    """Baselines first, GiGPO last (the paper's row order); unknown methods alphabetically after."""
+    """Baselines first, then GiGPO (the paper's row order), then GraphGPO; unknown methods alphabetically after."""
     known = [m for m in METHOD_ORDER if m in set(methods)]
     return known + sorted(set(methods) - set(known))
 

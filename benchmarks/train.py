@@ -1,11 +1,12 @@
-"""GiGPO vs GRPO cost, and rollout overhead, measured side by side in one run.
+"""GiGPO and GraphGPO vs GRPO cost, and rollout overhead, measured side by side in one run.
 
     python -m benchmarks.train [--iterations 20] [--repeats 2] [overrides ...]
 
-1. Iteration time and peak memory, GiGPO vs GRPO. Each method trains in its own process (peak
-   RSS is per process) with ``train.lr=0``: the policy then never changes, so both methods see the
-   *same* rollouts and the comparison isolates what the estimator adds (the paper's "no extra
-   cost" claim). Runs alternate GiGPO, GRPO, GiGPO, ... to spread machine noise evenly.
+1. Iteration time and peak memory, GiGPO and GraphGPO vs GRPO. Each method trains in its own
+   process (peak RSS is per process) with ``train.lr=0``: the policy then never changes, so all
+   methods see the *same* rollouts and the comparison isolates what the estimator adds (the
+   papers' "no extra cost" claims). Runs alternate GiGPO, GraphGPO, GRPO, GiGPO, ... to spread
+   machine noise evenly.
 2. Rollout overhead: one rollout's wall time against the sum of pure generation time (measured
    inside it) and pure env time (the same actions replayed on fresh envs in a plain loop).
 """
@@ -84,20 +85,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both methods")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every method")
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {"gigpo": [], "grpo": []}
+    results: dict[str, list[dict]] = {"gigpo": [], "graphgpo": [], "grpo": []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
-            for algo in ("gigpo", "grpo"):
+            for algo in results:
                 results[algo].append(run_method(algo, args.iterations, args.overrides, Path(tmp)))
     summary = {algo: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for algo, rows in results.items()}
     print(f"{'method':8} {'iteration s':>12} {'advantage s':>12} {'peak MiB':>10} {'env steps':>10}")
     for algo, s in summary.items():
         print(f"{algo:8} {s['iteration_s']:>12.3f} {s['advantage_s']:>12.5f} {s['peak_mem_mb']:>10.1f} {s['env_steps']:>10.0f}")
-    g, r = summary["gigpo"], summary["grpo"]
-    print(f"GiGPO / GRPO iteration time: {g['iteration_s'] / r['iteration_s']:.3f}x (target <= 1.02x)")
-    print(f"GiGPO / GRPO peak memory:    {g['peak_mem_mb'] / r['peak_mem_mb']:.3f}x (target <= 1.02x)")
+    r = summary["grpo"]
+    for algo, label in (("gigpo", "GiGPO"), ("graphgpo", "GraphGPO")):
+        g = summary[algo]
+        print(f"{label} / GRPO iteration time: {g['iteration_s'] / r['iteration_s']:.3f}x (target <= 1.02x)")
+        print(f"{label} / GRPO peak memory:    {g['peak_mem_mb'] / r['peak_mem_mb']:.3f}x (target <= 1.02x)")
     o = rollout_overhead(args.overrides)
     print(f"rollout {o['rollout_s']:.3f} s vs generation {o['generate_s']:.3f} s + env {o['env_s']:.3f} s: "
           f"{o['ratio']:.3f}x (target <= 1.15x)")

@@ -1,14 +1,15 @@
-"""Advantage estimators for multi-step agents: GiGPO, GRPO and RLOO over flat per-step arrays.
+"""Advantage estimators for multi-step agents: GiGPO, GraphGPO, GRPO and RLOO over flat per-step arrays.
 
 Every estimator sees the same flat batch, one row per environment step:
 
-    reward     (n,) float   per-step reward r_t (task reward plus any shaping)
+    reward     (n,) float   per-step env reward r_t (task reward plus any env shaping)
     group_id   (n,)         episode group: trajectories started from the same initial state
     traj_id    (n,)         trajectory; a trajectory is the pair (group_id, traj_id) and its rows
                             appear in time order, not necessarily contiguous
     anchor_key (n,)         hashable, history-free environment state seen before row i's action
+    penalty    (n,) float   invalid-action penalty p_i (0 on valid rows); None: all 0
 
-Definitions (GiGPO, Feng et al. 2025, arXiv 2505.10978):
+GiGPO (Feng et al. 2025, arXiv 2505.10978):
 
     R(tau)  = sum_t r_t                                             episode return
     A_E     = (R(tau) - mean_{tau' in group} R(tau')) / F           macro advantage, Eq. 3
@@ -17,14 +18,57 @@ Definitions (GiGPO, Feng et al. 2025, arXiv 2505.10978):
     A_S     = (R_t - mean_{rows in G_S} R_t) / F                    micro advantage, Eq. 7
     A       = A_E + w * A_S                                         GiGPO advantage, Eq. 8
 
-F = 1 in mode "mean" and std (ddof=1) + eps in mode "mean_std". A group with one trajectory and a
-step group with one row get 0: there is nothing to compare against.
+F = 1 in mode "mean" and std (ddof=1) + eps in mode "mean_std". A step group with one row gets
+A_S = 0, and an episode group with one trajectory gets A_E = 0 (nothing to compare against; the
+reference code would give such a trajectory its raw return instead).
+
+Invalid-action penalty, ``penalty_placement``:
+
+- "step" (default, the reference code verl-agent): the penalty touches only the invalid row's own
+  inputs. The rewards r_t, hence R(tau) and every R_t, stay unpenalised; row i's episode score is
+  e_i = R(tau_i) - p_i and its step input R_t,i - p_i.
+- "reward": r_t <- r_t - p_t before anything else, so the penalty lowers R(tau) for every row of the
+  trajectory and the discounted returns of all earlier rows; e_i = R(tau_i).
+
+The episode statistics are then over rows, each row j of group g weighing w_j:
+
+    mu_g = sum_j w_j e_j / W_g,   W_g = sum_j w_j,   F_g = sqrt(sum_j w_j (e_j - mu_g)^2 / (W_g - 1)) + eps
+    A_E,i = (e_i - mu_g) / F_g
+
+with w_j = 1 for ``episode_stats="step"`` (the reference code: each row carries its trajectory's
+return minus its own penalty, W_g = rows) and w_j = 1 / |tau_j| for ``episode_stats="trajectory"``
+(each trajectory weighs one, spread over its rows, W_g = trajectories). Without penalties every
+row of tau has e_j = R(tau), and the trajectory case is exactly Eq. 3 (mean and ddof=1 std over
+the group's returns) while the step case is the reference's row statistics.
+
+GraphGPO (Beyond Trajectory-Level Attribution: Graph-Based Credit Assignment for Agentic
+Reinforcement Learning, arXiv 2605.26684, ICML 2026) replaces the step part by a graph reward.
+It also needs ``next_anchor_key`` (the anchor of the observation that followed row i's action,
+also after the last step) and ``success`` (row i's trajectory succeeded, repeated on its rows):
+
+1. per episode group a directed graph whose nodes are anchor keys; row i adds the edge
+   anchor_i -> next_i, where next_i is next_anchor_i, or one shared goal node for the last row of
+   a successful trajectory (repeats and self-loops allowed, unit cost);
+2. d(v) = fewest edges from v to the goal (the goal has d = 0); a node that cannot reach it gets
+   D_g + 1, D_g the largest finite d in the group (so a group without success has d = 1 everywhere);
+3. r^G_i = R_succ * omega ** d(next_i) - p_i        (R_succ = ``success_reward``, p_i raw in both
+   placements: the graph reward is per row, nothing propagates);
+4. A_G = r^G normalised inside GiGPO's step groups G_S (same mode, same singleton rule);
+5. A = A_E + w * A_G, with A_E GiGPO's episode part above.
+
+The reference code finds each row's path return with a per-row scan over the group's rows
+(quadratic in the group's rows); here one multi-source search from every group's goal over the
+reversed edges (scipy's C Dijkstra with unit weights, from a super-source linked to the goals)
+gives every distance at once, so the cost stays linear-ish in the rows.
 
 ``grpo`` is A_E broadcast to every step of the trajectory (default mode "mean_std"). ``rloo`` uses
-the leave-one-out baseline A = R(tau) - mean_{tau' != tau} R(tau') (Ahmadian et al. 2024).
+the leave-one-out baseline A_i = e_i - mean_{tau' != tau_i} ebar(tau'), ebar(tau') the mean of
+e_j over the rows of tau' (Ahmadian et al. 2024).
 
 Cost is O(n) hashing plus one sort, and a backward pass whose numpy calls grow with the longest
 trajectory, not with n; ``benchmarks/advantage.py`` measures it against the per-row loop oracle.
+GraphGPO hashes anchors and next anchors (2n keys, its main cost: about 2x GiGPO's time at 1e4-1e5
+rows, 1.5x at 1e6), builds the reversed-edge CSR and runs one C search over all groups.
 """
 
 from __future__ import annotations
@@ -37,6 +81,7 @@ import pandas as pd
 
 MODES = ("mean", "mean_std")
 EPISODE_STATS = ("trajectory", "step")
+PENALTY_PLACEMENTS = ("step", "reward")
 
 
 @dataclass(frozen=True)
@@ -58,6 +103,13 @@ class AdvantageOptions:
     similarity: float | None = None
     """None: exact anchor matching. A threshold in (0, 1]: text anchors at least this similar
     (rapidfuzz ``ratio`` / 100) fall in one step group; see ``step_group_ids``."""
+    penalty_placement: str = "step"
+    """"step": p_i lowers only row i's episode score and step input (reference code); "reward":
+    p_t is subtracted from r_t before returns are summed."""
+    omega: float = 0.8
+    """GraphGPO's distance decay: r^G = R_succ * omega ** d."""
+    success_reward: float = 10.0
+    """GraphGPO's R_succ."""
 
 
 # ---------------------------------------------------------------- validation and indexing
@@ -98,36 +150,112 @@ def _pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class FlatBatch:
     """A validated batch with dense integer codes; built once by ``prepare``."""
 
-    reward: np.ndarray  # [n] float64
+    reward: np.ndarray  # [n] float64, the env reward r_t, unpenalised
     group: np.ndarray  # [n] int64, dense episode-group code
     traj: np.ndarray  # [n] int64, dense trajectory code (unique per (group_id, traj_id))
     anchor: np.ndarray  # [n] int64, dense code of the (group, anchor) step group
     traj_group: np.ndarray  # [n_traj] int64, group code of each trajectory
+    penalty: np.ndarray  # [n] float64, invalid-action penalty p_i (0 on valid rows)
+    graph: Graph | None = None  # GraphGPO's per-group state graph; None unless next anchors were given
 
 
-def prepare(reward, group_id, traj_id, anchor_key, similarity: float | None = None) -> FlatBatch:
+@dataclass(frozen=True)
+class Graph:
+    """GraphGPO's edges, one per row, over dense node codes; goal nodes follow the state nodes."""
+
+    source: np.ndarray  # [n] int64, node of (group, anchor_i)
+    target: np.ndarray  # [n] int64, node of (group, next_anchor_i), or the group's goal node
+    node_group: np.ndarray  # [n_nodes] int64, episode group of every node, goals included
+    n_states: int  # state nodes (goals excluded); goal of group g is node n_states + g
+
+
+def prepare(reward, group_id, traj_id, anchor_key, similarity: float | None = None, penalty=None,
+            next_anchor_key=None, success=None) -> FlatBatch:
     """Validate the flat arrays and turn ids and anchors into dense integer codes.
 
-    Raises ValueError naming the argument for mismatched lengths, NaN/inf rewards and
-    unhashable anchors.
+    ``next_anchor_key`` and ``success`` (GraphGPO's inputs) come together or not at all; with them
+    the batch also carries the state graph (anchors are then matched exactly). Raises ValueError
+    naming the argument for mismatched lengths, NaN/inf rewards or penalties, unhashable anchors and
+    a success flag that changes inside a trajectory.
     """
-    reward = np.asarray(reward, dtype=np.float64)
-    if reward.ndim != 1:
-        raise ValueError(f"reward must be 1-D, got shape {reward.shape}")
+    reward = _finite_floats(reward, "reward")
     n = reward.shape[0]
-    for name, arr in (("group_id", group_id), ("traj_id", traj_id), ("anchor_key", anchor_key)):
+    named = [("group_id", group_id), ("traj_id", traj_id), ("anchor_key", anchor_key)]
+    named += [(k, v) for k, v in (("penalty", penalty), ("next_anchor_key", next_anchor_key), ("success", success))
+              if v is not None]
+    for name, arr in named:
         if len(arr) != n:
             raise ValueError(f"{name} has length {len(arr)}, but reward has length {n}")
-    if not np.isfinite(reward).all():
-        bad = int(np.flatnonzero(~np.isfinite(reward))[0])
-        raise ValueError(f"reward[{bad}] is {reward[bad]}: rewards must be finite")
+    penalty = np.zeros(n) if penalty is None else _finite_floats(penalty, "penalty")
     group = _factorize(group_id, "group_id")
     traj_local = _factorize(traj_id, "traj_id")
     traj = _pair_codes(group, traj_local)
     traj_group = np.zeros(int(traj.max(initial=-1)) + 1, dtype=np.int64)
     traj_group[traj] = group
-    anchor = _step_groups(group, anchor_key, similarity)
-    return FlatBatch(reward, group, traj, anchor, traj_group)
+    if (next_anchor_key is None) != (success is None):
+        raise ValueError("next_anchor_key and success: give both (GraphGPO) or neither")
+    if next_anchor_key is None:
+        return FlatBatch(reward, group, traj, _step_groups(group, anchor_key, similarity), traj_group, penalty)
+    if similarity is not None:
+        raise ValueError("similarity: GraphGPO's graph nodes are exact anchors; use similarity=None")
+    both = _factorize_pair(anchor_key, next_anchor_key)
+    anchor = _pair_codes(group, both[:n])
+    graph = _graph(group, traj, traj_group, both, _success_per_trajectory(success, traj, len(traj_group)))
+    return FlatBatch(reward, group, traj, anchor, traj_group, penalty, graph)
+
+
+def _finite_floats(values, name: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise ValueError(f"{name}[{bad}] is {values[bad]}: {name} values must be finite")
+    return values
+
+
+def _factorize_pair(anchor_key, next_anchor_key) -> np.ndarray:
+    """Dense codes of anchors and next anchors in one table, shape [2n]: equal keys, equal codes."""
+    if all(isinstance(v, np.ndarray) and v.dtype.kind in "biu" for v in (anchor_key, next_anchor_key)):
+        return _factorize(np.concatenate([anchor_key, next_anchor_key]), "anchor_key")
+    try:
+        return _factorize(list(anchor_key) + list(next_anchor_key), "anchor_key")
+    except ValueError:
+        _factorize(anchor_key, "anchor_key")
+        _factorize(next_anchor_key, "next_anchor_key")  # the culprit is a next anchor: name it
+        raise
+
+
+def _success_per_trajectory(success, traj: np.ndarray, n_traj: int) -> np.ndarray:
+    """Success flag per trajectory, [n_traj] bool; ValueError unless constant over each trajectory's rows."""
+    success = np.asarray(success, dtype=bool)
+    hits = np.bincount(traj, weights=success, minlength=n_traj)
+    rows = np.bincount(traj, minlength=n_traj)
+    mixed = (hits > 0) & (hits < rows)
+    if mixed.any():
+        raise ValueError(f"success must be constant over a trajectory's rows; trajectory code {int(np.argmax(mixed))} mixes")
+    return hits > 0
+
+
+def _graph(group: np.ndarray, traj: np.ndarray, traj_group: np.ndarray, keys: np.ndarray,
+           traj_success: np.ndarray) -> Graph:
+    """One edge per row: (group, anchor) -> (group, next anchor), or -> the group's goal for the
+    last row of a successful trajectory. ``keys`` holds the anchor codes, then the next-anchor codes."""
+    n = len(group)
+    nodes = _pair_codes(np.concatenate([group, group]), keys)
+    n_states = int(nodes.max(initial=-1)) + 1
+    n_groups = int(group.max(initial=-1)) + 1
+    node_group = np.empty(n_states + n_groups, dtype=np.int64)
+    node_group[nodes[:n]] = group
+    node_group[nodes[n:]] = group
+    node_group[n_states:] = np.arange(n_groups)
+    # Last row of each trajectory: the highest row index (rows are in time order per trajectory).
+    last = np.zeros(len(traj_group), dtype=np.int64)
+    np.maximum.at(last, traj, np.arange(n))
+    target = nodes[n:].copy()
+    won_last = last[traj_success]
+    target[won_last] = n_states + group[won_last]
+    return Graph(nodes[:n], target, node_group, n_states)
 
 
 def step_group_ids(group_id, anchor_key: Sequence[Hashable], similarity: float | None = None) -> np.ndarray:
@@ -179,19 +307,29 @@ def _step_groups(group: np.ndarray, anchor_key: Sequence[Hashable], similarity: 
 # ---------------------------------------------------------------- building blocks
 
 
-def episode_returns(batch: FlatBatch) -> np.ndarray:
+def placed_reward(batch: FlatBatch, opts: AdvantageOptions) -> np.ndarray:
+    """The rewards returns are summed from: r_t, or r_t - p_t under placement "reward"."""
+    return batch.reward - batch.penalty if opts.penalty_placement == "reward" else batch.reward
+
+
+def row_penalty(batch: FlatBatch, opts: AdvantageOptions) -> np.ndarray:
+    """What row i's own episode score and step input lose: p_i under placement "step", else 0."""
+    return batch.penalty if opts.penalty_placement == "step" else np.zeros_like(batch.penalty)
+
+
+def episode_returns(batch: FlatBatch, reward: np.ndarray) -> np.ndarray:
     """R(tau) = sum_t r_t per trajectory, shape [n_traj]."""
-    return np.bincount(batch.traj, weights=batch.reward, minlength=len(batch.traj_group))
+    return np.bincount(batch.traj, weights=reward, minlength=len(batch.traj_group))
 
 
-def discounted_returns(batch: FlatBatch, gamma: float) -> np.ndarray:
+def discounted_returns(batch: FlatBatch, reward: np.ndarray, gamma: float) -> np.ndarray:
     """R_t = r_t + gamma * R_{t+1} inside each trajectory (Eq. 5), shape [n].
 
     Rows are stably sorted by trajectory, so each trajectory becomes a contiguous run in time
     order; the backward recursion then runs level by level (all last steps, then all
     second-to-last, ...), one vectorised update per time step of the longest trajectory.
     """
-    n = batch.reward.shape[0]
+    n = reward.shape[0]
     out = np.empty(n, dtype=np.float64)
     if n == 0:
         return out
@@ -201,7 +339,7 @@ def discounted_returns(batch: FlatBatch, gamma: float) -> np.ndarray:
     else:
         order = np.argsort(batch.traj, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(batch.traj[order]) != 0])
-    r = batch.reward[order]
+    r = reward[order]
     traj = batch.traj[order]
     lengths = np.diff(np.r_[starts, n])
     position = np.arange(n) - np.repeat(starts, lengths)
@@ -230,50 +368,128 @@ def normalize_in_groups(values: np.ndarray, groups: np.ndarray, mode: str, eps: 
     if mode == "mean_std":
         sq = np.bincount(groups, weights=centred * centred)
         std = np.sqrt(sq / np.maximum(size - 1.0, 1.0))
-        # eps = 0 with equal members gives 0 / 0; their centred value is 0 and stays 0.
-        denom = std[groups] + eps
-        centred = np.divide(centred, denom, out=np.zeros_like(centred), where=denom > 0)
+        centred = _divide(centred, std[groups] + eps)
     return np.where(size[groups] > 1, centred, 0.0)
 
 
+def _divide(centred: np.ndarray, denom: np.ndarray) -> np.ndarray:
+    # eps = 0 with equal members gives 0 / 0; their centred value is 0 and stays 0.
+    return np.divide(centred, denom, out=np.zeros_like(centred), where=denom > 0)
+
+
+def episode_scores(batch: FlatBatch, opts: AdvantageOptions) -> np.ndarray:
+    """e_i = R(tau_i) - p_i (placement "step") or R(tau_i) of the penalised rewards, shape [n]."""
+    return episode_returns(batch, placed_reward(batch, opts))[batch.traj] - row_penalty(batch, opts)
+
+
 def episode_advantage(batch: FlatBatch, opts: AdvantageOptions) -> np.ndarray:
-    """A_E of Eq. 3 broadcast to rows, shape [n]."""
-    returns = episode_returns(batch)
-    if opts.episode_stats == "trajectory":
-        return normalize_in_groups(returns, batch.traj_group, opts.mode, opts.eps)[batch.traj]
-    return normalize_in_groups(returns[batch.traj], batch.group, opts.mode, opts.eps)
+    """A_E of Eq. 3 per row, with the row weights of ``episode_stats`` (module docstring), [n].
+
+    Groups with one trajectory get 0. With trajectory weights w_j = 1 / |tau_j| the weighted sums
+    are taken per trajectory first, so without penalties mu_g is the plain mean of the returns.
+    """
+    trajectories = np.bincount(batch.traj_group)  # [n_groups]
+    scores = episode_scores(batch, opts)
+    if opts.episode_stats == "step":
+        advantage = normalize_in_groups(scores, batch.group, opts.mode, opts.eps)
+    else:
+        length = np.bincount(batch.traj)
+        penalty = row_penalty(batch, opts)
+        mean_score = episode_returns(batch, placed_reward(batch, opts)) - np.bincount(batch.traj, weights=penalty) / length
+        mean = np.bincount(batch.traj_group, weights=mean_score) / trajectories  # mu_g
+        advantage = scores - mean[batch.group]
+        if opts.mode == "mean_std":
+            spread = np.bincount(batch.traj, weights=advantage * advantage) / length  # sum_j w_j (e_j - mu)^2 per tau
+            std = np.sqrt(np.bincount(batch.traj_group, weights=spread) / np.maximum(trajectories - 1.0, 1.0))
+            advantage = _divide(advantage, std[batch.group] + opts.eps)
+    return np.where(trajectories[batch.group] > 1, advantage, 0.0)
 
 
 def step_advantage(batch: FlatBatch, opts: AdvantageOptions) -> np.ndarray:
-    """A_S of Eq. 7: discounted returns normalised inside each anchor-state step group, [n]."""
-    return normalize_in_groups(discounted_returns(batch, opts.gamma), batch.anchor, opts.mode, opts.eps)
+    """A_S of Eq. 7: discounted returns (minus the row's own penalty under placement "step")
+    normalised inside each anchor-state step group, [n]."""
+    step_input = discounted_returns(batch, placed_reward(batch, opts), opts.gamma) - row_penalty(batch, opts)
+    return normalize_in_groups(step_input, batch.anchor, opts.mode, opts.eps)
+
+
+def goal_distances(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
+    """GraphGPO's d(target_i) per row and whether target_i reaches its group's goal, ([n] float, [n] bool).
+
+    One unit-weight shortest-path search from a super-source linked to every goal, over the
+    reversed edges target_i -> source_i, reaches each node at 1 + d(node). Groups share no nodes, so
+    one search serves all of them. Unreachable nodes get D_g + 1, D_g the group's largest finite d.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    n_nodes = len(graph.node_group)
+    n_groups = n_nodes - graph.n_states
+    super_source = n_nodes
+    rows = np.concatenate([graph.target, np.full(n_groups, super_source)])
+    cols = np.concatenate([graph.source, np.arange(graph.n_states, n_nodes)])
+    edges = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_nodes + 1, n_nodes + 1))
+    distance = dijkstra(edges, directed=True, indices=super_source, unweighted=True)[:n_nodes] - 1.0
+    finite = np.isfinite(distance)
+    largest = np.zeros(n_groups)
+    np.maximum.at(largest, graph.node_group[finite], distance[finite])
+    distance = np.where(finite, distance, largest[graph.node_group] + 1.0)
+    return distance[graph.target], finite[graph.target]
+
+
+def graph_advantage(batch: FlatBatch, opts: AdvantageOptions) -> tuple[np.ndarray, dict[str, float]]:
+    """GraphGPO's A_G: r^G_i = R_succ * omega ** d(next_i) - p_i normalised in step groups, [n];
+    and the graph statistics for logging."""
+    if batch.graph is None:
+        raise ValueError("next_anchor_key and success: graphgpo needs both")
+    if batch.reward.shape[0] == 0:
+        return np.zeros(0), {"graph/nodes": 0.0, "graph/goal_reachable_share": 0.0, "graph/mean_distance": 0.0}
+    distance, reachable = goal_distances(batch.graph)
+    graph_reward = opts.success_reward * opts.omega**distance - batch.penalty
+    graph = batch.graph
+    used = np.zeros(graph.n_states + 1, dtype=bool)  # a successful last row's next anchor is no node
+    used[graph.source] = True
+    used[np.minimum(graph.target, graph.n_states)] = True
+    stats = {
+        "graph/nodes": float(used[: graph.n_states].sum()) / (len(graph.node_group) - graph.n_states),
+        "graph/goal_reachable_share": float(reachable.mean()),
+        "graph/mean_distance": float(distance.mean()),
+    }
+    return normalize_in_groups(graph_reward, batch.anchor, opts.mode, opts.eps), stats
 
 
 # ---------------------------------------------------------------- estimators
 
 
-def gigpo(batch: FlatBatch, opts: AdvantageOptions) -> tuple[np.ndarray, np.ndarray]:
+def gigpo(batch: FlatBatch, opts: AdvantageOptions) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """GiGPO (Eq. 8): episode part A_E and step part A_S; the total is A_E + w * A_S."""
-    return episode_advantage(batch, opts), step_advantage(batch, opts)
+    return episode_advantage(batch, opts), step_advantage(batch, opts), {}
 
 
-def grpo(batch: FlatBatch, opts: AdvantageOptions) -> tuple[np.ndarray, np.ndarray]:
-    """GRPO: the group-normalised episode return A_E (Eq. 3) on every step; no step part."""
-    return episode_advantage(batch, opts), np.zeros_like(batch.reward)
+def graphgpo(batch: FlatBatch, opts: AdvantageOptions) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """GraphGPO: GiGPO's episode part A_E and the graph part A_G; the total is A_E + w * A_G."""
+    step, stats = graph_advantage(batch, opts)
+    return episode_advantage(batch, opts), step, stats
 
 
-def rloo(batch: FlatBatch, opts: AdvantageOptions) -> tuple[np.ndarray, np.ndarray]:
-    """RLOO: A = R(tau) - mean of the other trajectories' returns = N/(N-1) (R(tau) - mean)."""
-    returns = episode_returns(batch)
-    size = np.bincount(batch.traj_group).astype(np.float64)[batch.traj_group]
-    centred = normalize_in_groups(returns, batch.traj_group, "mean", opts.eps)
-    loo = centred * size / np.maximum(size - 1.0, 1.0)
-    return loo[batch.traj], np.zeros_like(batch.reward)
+def grpo(batch: FlatBatch, opts: AdvantageOptions) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """GRPO: the group-normalised episode score A_E (Eq. 3) on every step; no step part."""
+    return episode_advantage(batch, opts), np.zeros_like(batch.reward), {}
 
 
-Estimator = Callable[[FlatBatch, AdvantageOptions], tuple[np.ndarray, np.ndarray]]
-ESTIMATORS: dict[str, Estimator] = {"gigpo": gigpo, "grpo": grpo, "rloo": rloo}
-DEFAULT_MODE = {"gigpo": "mean", "grpo": "mean_std", "rloo": "mean"}
+def rloo(batch: FlatBatch, opts: AdvantageOptions) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """RLOO: A_i = e_i - mean of the other trajectories' mean scores ebar(tau')."""
+    scores = episode_scores(batch, opts)
+    per_traj = np.bincount(batch.traj, weights=scores) / np.bincount(batch.traj)  # ebar(tau) [n_traj]
+    trajectories = np.bincount(batch.traj_group).astype(np.float64)
+    others = trajectories[batch.group] - 1.0
+    group_sum = np.bincount(batch.traj_group, weights=per_traj)
+    baseline = (group_sum[batch.group] - per_traj[batch.traj]) / np.maximum(others, 1.0)
+    return np.where(others > 0, scores - baseline, 0.0), np.zeros_like(batch.reward), {}
+
+
+Estimator = Callable[[FlatBatch, AdvantageOptions], tuple[np.ndarray, np.ndarray, dict[str, float]]]
+ESTIMATORS: dict[str, Estimator] = {"gigpo": gigpo, "graphgpo": graphgpo, "grpo": grpo, "rloo": rloo}
+DEFAULT_MODE = {"gigpo": "mean", "graphgpo": "mean_std", "grpo": "mean_std", "rloo": "mean"}
 
 
 def advantage_parts(
@@ -288,10 +504,20 @@ def advantage_parts(
     eps: float = 1e-6,
     episode_stats: str = "trajectory",
     similarity: float | None = None,
-) -> dict[str, np.ndarray]:
-    """Like ``compute_advantages`` but returns {"advantage", "episode", "step", "step_group"}.
+    penalty=None,
+    penalty_placement: str = "step",
+    next_anchor_key=None,
+    success=None,
+    omega: float = 0.8,
+    success_reward: float = 10.0,
+) -> dict:
+    """Like ``compute_advantages`` but returns {"advantage", "episode", "step", "step_group"} and,
+    for graphgpo, "graph/nodes" (mean state nodes per episode group, goal excluded),
+    "graph/goal_reachable_share" (share of rows whose next node reaches the goal) and
+    "graph/mean_distance" (mean over rows of d(next_i), unreachable ones counted as D_g + 1).
 
-    "advantage" = episode + step_weight * step; "step_group" is the dense step-group code per row.
+    "advantage" = episode + step_weight * step; "step" is A_S (gigpo), A_G (graphgpo) or 0;
+    "step_group" is the dense step-group code per row.
     """
     if name not in ESTIMATORS:
         raise ValueError(f"estimator name: unknown {name!r}; known: {sorted(ESTIMATORS)}")
@@ -300,13 +526,23 @@ def advantage_parts(
         raise ValueError(f"mode: unknown {mode!r}; known: {list(MODES)}")
     if episode_stats not in EPISODE_STATS:
         raise ValueError(f"episode_stats: unknown {episode_stats!r}; known: {list(EPISODE_STATS)}")
-    for label, value in (("gamma", gamma), ("step_weight", step_weight), ("eps", eps)):
+    if penalty_placement not in PENALTY_PLACEMENTS:
+        raise ValueError(f"penalty_placement: unknown {penalty_placement!r}; known: {list(PENALTY_PLACEMENTS)}")
+    for label, value in (("gamma", gamma), ("step_weight", step_weight), ("eps", eps),
+                         ("success_reward", success_reward)):
         if not np.isfinite(value):
             raise ValueError(f"{label} must be finite, got {value}")
-    opts = AdvantageOptions(gamma, step_weight, mode, eps, episode_stats, similarity)
-    batch = prepare(reward, group_id, traj_id, anchor_key, similarity)
-    episode, step = ESTIMATORS[name](batch, opts)
-    return {"advantage": episode + step_weight * step, "episode": episode, "step": step, "step_group": batch.anchor}
+    if not 0.0 < omega <= 1.0:
+        raise ValueError(f"omega must be in (0, 1], got {omega}")
+    if name == "graphgpo" and next_anchor_key is None:
+        raise ValueError("next_anchor_key and success: graphgpo needs both")
+    opts = AdvantageOptions(gamma, step_weight, mode, eps, episode_stats, similarity, penalty_placement, omega,
+                            success_reward)
+    graph_inputs = (next_anchor_key, success) if name == "graphgpo" else (None, None)
+    batch = prepare(reward, group_id, traj_id, anchor_key, similarity, penalty, *graph_inputs)
+    episode, step, stats = ESTIMATORS[name](batch, opts)
+    return {"advantage": episode + step_weight * step, "episode": episode, "step": step,
+            "step_group": batch.anchor, **stats}
 
 
 def compute_advantages(
@@ -321,15 +557,36 @@ def compute_advantages(
     eps: float = 1e-6,
     episode_stats: str = "trajectory",
     similarity: float | None = None,
+    penalty=None,
+    penalty_placement: str = "step",
+    next_anchor_key=None,
+    success=None,
+    omega: float = 0.8,
+    success_reward: float = 10.0,
 ) -> np.ndarray:
-    """One advantage per step row, float64 array (n,), by estimator ``name`` (gigpo/grpo/rloo).
+    """One advantage per step row, float64 array (n,), by estimator ``name`` (gigpo/graphgpo/grpo/rloo).
 
-    ``mode`` None picks the estimator's default ("mean" for gigpo, "mean_std" for grpo; rloo has
-    no normaliser). See the module docstring for the equations.
+    ``mode`` None picks the estimator's default ("mean" for gigpo, "mean_std" for graphgpo and
+    grpo; rloo has no normaliser). ``penalty`` is the per-row invalid-action penalty (None: none),
+    applied as ``penalty_placement`` says. graphgpo also needs ``next_anchor_key`` and ``success``
+    and reads ``omega`` and ``success_reward``; the others ignore them. See the module docstring.
     """
     return advantage_parts(
-        name, reward, group_id, traj_id, anchor_key, gamma, step_weight, mode, eps, episode_stats, similarity
+        name, reward, group_id, traj_id, anchor_key, gamma, step_weight, mode, eps, episode_stats, similarity,
+        penalty, penalty_placement, next_anchor_key, success, omega, success_reward,
     )["advantage"]
+
+
+def episode_group_stats(group_id, traj_id) -> dict[str, float]:
+    """Episode groups for logging: count and the share holding one trajectory (their A_E is 0)."""
+    group = _factorize(group_id, "group_id")
+    traj = _pair_codes(group, _factorize(traj_id, "traj_id"))
+    traj_group = np.zeros(int(traj.max(initial=-1)) + 1, dtype=np.int64)
+    traj_group[traj] = group
+    trajectories = np.bincount(traj_group)
+    if len(trajectories) == 0:
+        return {"count": 0.0, "singleton_share": 0.0}
+    return {"count": float(len(trajectories)), "singleton_share": float((trajectories == 1).mean())}
 
 
 def step_group_stats(step_group: np.ndarray) -> dict[str, float]:

@@ -21,7 +21,7 @@ class AlgoConfig:
     """Advantage estimator and the PPO-clip objective it feeds."""
 
     name: str = "gigpo"
-    """Estimator in gigpo.advantage.ESTIMATORS: gigpo, grpo or rloo."""
+    """Estimator in gigpo.advantage.ESTIMATORS: gigpo, graphgpo, grpo or rloo."""
     group_size: int = 8
     """N: trajectories sampled from the same initial state."""
     step_weight: float = 1.0
@@ -50,8 +50,17 @@ class AlgoConfig:
     """Weight of the entropy bonus; 0 disables it."""
     loss_agg: str = "token_mean"
     """"token_mean" (every response token weighs the same) or "seq_mean" (every step does)."""
+    penalty_placement: str = "step"
+    """Where env.invalid_penalty lands: "step" (reference code: only the invalid row's own episode
+    score and step input) or "reward" (subtracted from r_t before returns, reaching every row)."""
+    omega: float = 0.8
+    """GraphGPO's distance decay in r = success_reward * omega ** d (paper: 0.1 ALFWorld, 0.2 WebShop,
+    0.8 Sokoban); read by graphgpo only."""
+    success_reward: float = 10.0
+    """GraphGPO's R_succ: the env's reward for success (env.success_reward, Sokoban's reward_finish,
+    all 10 in the paper setting); read by graphgpo only."""
     dynamic_sampling: bool = False
-    """Drop groups whose episode returns are all equal (no signal) and roll out more."""
+    """Drop groups in which the estimator gives every row advantage 0 (no signal) and roll out more."""
     max_resample: int = 2
     """With dynamic sampling: extra rollout rounds at most, per iteration."""
 
@@ -281,7 +290,8 @@ def register_configs() -> None:
 
 
 CHOICES = {
-    "algo.name": ("gigpo", "grpo", "rloo"),
+    "algo.name": ("gigpo", "graphgpo", "grpo", "rloo"),
+    "algo.penalty_placement": ("step", "reward"),
     "algo.mode": ("mean", "mean_std"),
     "algo.episode_stats": ("trajectory", "step"),
     "algo.loss_agg": ("token_mean", "seq_mean"),
@@ -316,6 +326,8 @@ def check(cfg) -> None:
         raise ValueError(f"algo.clip_ratio_c={cfg.algo.clip_ratio_c!r} must be > 1 (inf disables dual-clip)")
     if cfg.model.top_k < 0 or not 0.0 < cfg.model.top_p <= 1.0:
         raise ValueError(f"model.top_k={cfg.model.top_k!r} must be >= 0 and model.top_p={cfg.model.top_p!r} in (0, 1]")
+    if not 0.0 < cfg.algo.omega <= 1.0:
+        raise ValueError(f"algo.omega={cfg.algo.omega!r} must be in (0, 1]")
     if cfg.algo.similarity is not None and not 0.0 < cfg.algo.similarity <= 1.0:
         raise ValueError(f"algo.similarity={cfg.algo.similarity!r} must be in (0, 1] or null")
     if cfg.mode == "eval" and not cfg.checkpoint:

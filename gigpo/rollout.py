@@ -29,20 +29,23 @@ class Rollout:
     generate_s: float = 0.0
     total_s: float = 0.0
     tokens: int = 0
-    reward: np.ndarray = field(init=False)  # [n] reward with the invalid-action penalty applied
+    reward: np.ndarray = field(init=False)  # [n] env reward; the invalid-action penalty is the estimator's
     group_id: np.ndarray = field(init=False)  # [n]
     traj_id: np.ndarray = field(init=False)  # [n]
     anchor: list = field(init=False)  # [n]
+    next_anchor: list = field(init=False)  # [n] anchor of the state each action led to
+    invalid: np.ndarray = field(init=False)  # [n] bool, the action was invalid
+    success: np.ndarray = field(init=False)  # [n] bool, the row's trajectory was won (at its last step)
 
     def __post_init__(self):
         self.group_id = np.array([r.group_id for r in self.records], dtype=np.int64)
         self.traj_id = np.array([r.traj_id for r in self.records], dtype=np.int64)
         self.anchor = [r.anchor for r in self.records]
+        self.next_anchor = [r.next_anchor for r in self.records]
         self.reward = np.array([r.reward for r in self.records], dtype=np.float64)
-
-    def penalise_invalid(self, penalty: float) -> None:
-        invalid = np.array([not r.valid for r in self.records])
-        self.reward = self.reward - penalty * invalid
+        self.invalid = np.array([not r.valid for r in self.records], dtype=bool)
+        won = {(r.group_id, r.traj_id): r.won for r in self.records}  # records are in step order: last wins
+        self.success = np.array([won[(r.group_id, r.traj_id)] for r in self.records], dtype=bool)
 
     @property
     def samples(self) -> list[Sample]:

@@ -42,7 +42,8 @@ class StepRecord:
 
     anchor/observation/task_type describe the state the action was taken from; reward, done, won
     and info describe the step that resulted. valid: the answer had the action format and the env
-    accepted the action. payload: whatever ``act`` attached (tokens, log-probs).
+    accepted the action. payload: whatever ``act`` attached (tokens, log-probs). next_anchor: the
+    anchor of the state the action led to (also after the last step; None when the env crashed).
     """
 
     group_id: int
@@ -59,6 +60,7 @@ class StepRecord:
     task_type: str
     payload: Any = None
     info: dict = field(default_factory=dict)
+    next_anchor: Hashable = None
 
 
 # (slot, Step or None, error message or None) for each env a command addressed.
@@ -306,6 +308,7 @@ class GroupRunner:
                 else:
                     record.valid = well_formed and bool(result.info.get("valid", True))
                     record.reward, record.done, record.won = float(result.reward), result.done, result.won
+                    record.next_anchor = result.anchor
                     record.info = {k: v for k, v in result.info.items() if k not in STANDARD_INFO_KEYS}
                     histories[slot].append((state.observation, action))
                     if result.done:

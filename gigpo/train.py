@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from gigpo.config import env_options
-from gigpo.advantage import advantage_parts, step_group_stats
+from gigpo.advantage import advantage_parts, episode_group_stats, step_group_stats
 from gigpo.policy.model import build_tiny, generate, load_hf
 from gigpo.ppo import Scorer, minibatches, update  # noqa: F401 -- re-exported for callers of gigpo.train
 from gigpo.policy.tokenizer import load_or_build_tokenizer
@@ -90,48 +90,69 @@ def validate(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, generate_f
 
 def collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: int,
             generate_fn=generate) -> tuple[Rollout, int]:
-    """Roll out cfg.env.groups groups; with dynamic sampling, drop no-signal groups and roll out more."""
+    """Roll out cfg.env.groups groups; with dynamic sampling, drop groups without signal and roll out more.
+
+    Seeds: without dynamic sampling iteration i plays seeds i * groups + g. With it, iteration i owns
+    the block of groups * (1 + max_resample) seeds from i * groups * (1 + max_resample): the first
+    round and up to max_resample rounds of at most ``groups`` more each fit in it, so no seed repeats
+    across iterations. Group and trajectory ids come from running counters over the rounds, so the
+    groups of different rounds never share an id.
+
+    A group carries signal when the estimator, as ``compute_step_advantages`` runs it (invalid-action
+    penalty included), gives some row of it a nonzero episode part or a nonzero weighted step part;
+    a group whose returns tie but whose penalties differ is therefore kept.
+    """
     act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.temperature, clock,  # noqa: E731
                                          generate_fn)
-    base = iteration * cfg.env.groups * (1 + cfg.algo.max_resample)  # seeds never repeat across iterations
-    seeds = [base + g for g in range(cfg.env.groups)]
-    result = rollout(runner, act, seeds, cfg.algo.group_size)
+    groups, group_size = cfg.env.groups, cfg.algo.group_size
     if not cfg.algo.dynamic_sampling:
-        return result, 0
-    kept, dropped, next_seed = [], 0, base + cfg.env.groups
+        return rollout(runner, act, [iteration * groups + g for g in range(groups)], group_size), 0
+    next_seed = iteration * groups * (1 + cfg.algo.max_resample)
+    kept: list = []
+    dropped, next_group, missing = 0, 0, groups
     clock = {"generate_s": 0.0, "total_s": 0.0, "tokens": 0}
-    for round_ in range(cfg.algo.max_resample + 1):
+    for _ in range(cfg.algo.max_resample + 1):
+        result = rollout(runner, act, list(range(next_seed, next_seed + missing)), group_size)
+        next_seed += missing
         for key in clock:
             clock[key] += getattr(result, key)
-        returns: dict[tuple[int, int], float] = defaultdict(float)
-        for r in result.records:
-            returns[(r.group_id, r.traj_id)] += r.reward
-        by_group: dict[int, list[float]] = defaultdict(list)
-        for (group, _), value in returns.items():
-            by_group[group].append(value)
-        good = {g for g, values in by_group.items() if max(values) > min(values)}
-        dropped += len(by_group) - len(good)
-        offset = 1_000_000 * round_  # keep group ids distinct across rounds
-        for r in result.records:
-            if r.group_id in good:
-                r.group_id += offset
-                r.traj_id += offset
-                kept.append(r)
-        missing = cfg.env.groups - len({r.group_id for r in kept})
-        if missing <= 0 or round_ == cfg.algo.max_resample:
+        for r in result.records:  # the runner numbers every call's groups from 0
+            r.group_id += next_group
+            r.traj_id += next_group * group_size
+        next_group += missing
+        result = Rollout(result.records)
+        signal = groups_with_signal(cfg, result)
+        dropped += len(set(result.group_id.tolist())) - len(signal)
+        kept += [r for r in result.records if r.group_id in signal]
+        missing = groups - len({r.group_id for r in kept})
+        if missing <= 0:
             break
-        result = rollout(runner, act, list(range(next_seed, next_seed + missing)), cfg.algo.group_size)
-        next_seed += missing
     return Rollout(kept or result.records, **clock), dropped
 
 
-def compute_step_advantages(cfg: DictConfig, batch: Rollout) -> tuple[np.ndarray, dict[str, float]]:
-    """Per-step advantages from cfg.algo, plus advantage and step-group statistics for logging."""
+def groups_with_signal(cfg: DictConfig, batch: Rollout) -> set[int]:
+    """Ids of the groups in which the estimator gives some row a nonzero advantage part."""
+    parts = _advantage_parts(cfg, batch)
+    signal = (parts["episode"] != 0) | (cfg.algo.step_weight * parts["step"] != 0)
+    return set(batch.group_id[signal].tolist())
+
+
+def _advantage_parts(cfg: DictConfig, batch: Rollout) -> dict:
     a = cfg.algo
-    parts = advantage_parts(a.name, batch.reward, batch.group_id, batch.traj_id, batch.anchor, gamma=a.gamma,
-                            step_weight=a.step_weight, mode=a.mode, eps=a.eps, episode_stats=a.episode_stats,
-                            similarity=a.similarity)
+    return advantage_parts(a.name, batch.reward, batch.group_id, batch.traj_id, batch.anchor, gamma=a.gamma,
+                           step_weight=a.step_weight, mode=a.mode, eps=a.eps, episode_stats=a.episode_stats,
+                           similarity=a.similarity, penalty=cfg.env.invalid_penalty * batch.invalid,
+                           penalty_placement=a.penalty_placement, next_anchor_key=batch.next_anchor,
+                           success=batch.success, omega=a.omega, success_reward=a.success_reward)
+
+
+def compute_step_advantages(cfg: DictConfig, batch: Rollout) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-step advantages from cfg.algo (the invalid-action penalty placed by the estimator), plus
+    advantage, step-group, episode-group and (graphgpo) graph statistics for logging."""
+    parts = _advantage_parts(cfg, batch)
     stats = {f"step_groups/{k}": v for k, v in step_group_stats(parts["step_group"]).items()}
+    stats.update({f"episode_groups/{k}": v for k, v in episode_group_stats(batch.group_id, batch.traj_id).items()})
+    stats.update({k: float(v) for k, v in parts.items() if k.startswith("graph/")})
     for name in ("advantage", "episode", "step"):
         values = parts[name]
         stats[f"adv/{name}_mean"] = float(values.mean())
@@ -202,10 +223,9 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             # ---- rollout: B groups x N trajectories, one sample per env step
             policy.eval()
             batch, dropped = on_main(lambda: collect(cfg, train_runner, policy, tokenizer, iteration, generate_fn))
-            batch.penalise_invalid(cfg.env.invalid_penalty)
             env_steps += len(batch.records)
 
-            # ---- advantages (GiGPO Eq. 8, or GRPO / RLOO)
+            # ---- advantages (GiGPO Eq. 8, or GraphGPO / GRPO / RLOO), invalid-action penalty included
             t0 = time.perf_counter()
             advantages, adv_stats = compute_step_advantages(cfg, batch)
             advantage_s = time.perf_counter() - t0

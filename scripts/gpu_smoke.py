@@ -101,7 +101,6 @@ def iteration(algo: str, round_: int, args, model) -> dict[str, float]:
         rollout_s = time.perf_counter() - t0
     finally:
         runner.close()
-    batch.penalise_invalid(cfg.env.invalid_penalty)
     advantages, _ = compute_step_advantages(cfg, batch)
 
     t0 = time.perf_counter()

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advantage_oracle import oracle
-from gigpo.advantage import advantage_parts, compute_advantages, step_group_ids, step_group_stats
+from gigpo.advantage import (advantage_parts, compute_advantages, episode_group_stats, step_group_ids,
+                             step_group_stats)
 
 # One group, two trajectories of three and two steps; a second group of one trajectory.
 #   traj 0: s0 -a-> s1 -b-> s2 -c-> reward 1 (won)       traj 1: s0 -d-> s1 -e-> 0
@@ -97,6 +98,9 @@ def test_step_group_stats():
         (dict(name="ppo"), "estimator"),
         (dict(mode="std"), "mode"),
         (dict(episode_stats="rows"), "episode_stats"),
+        (dict(penalty=[0.0]), "penalty"),
+        (dict(penalty=[0.0, float("nan")]), "penalty"),
+        (dict(penalty_placement="episode"), "penalty_placement"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, culprit):
@@ -106,29 +110,111 @@ def test_bad_input_names_the_argument(kwargs, culprit):
         compute_advantages(**args)
 
 
+# ------------------------------------------------------------------ invalid-action penalty (placement)
+
+# One group: traj 0 = rows 0, 1 (row 1 invalid, p = 0.5), reward 1 at the end; traj 1 = row 2, reward 0.
+PEN_REWARD = [0.0, 1.0, 0.0]
+PEN_GROUP = [0, 0, 0]
+PEN_TRAJ = [0, 0, 1]
+PEN_ANCHOR = ["s", "t", "s"]
+PEN = [0.0, 0.5, 0.0]
+
+
+def test_penalty_placement_step_charges_only_the_invalid_row():
+    parts = advantage_parts("gigpo", PEN_REWARD, PEN_GROUP, PEN_TRAJ, PEN_ANCHOR, gamma=0.5, mode="mean",
+                            penalty=PEN)
+    # Scores e_i = R(tau_i) - p_i: row 0: 1 - 0 = 1, row 1: 1 - 0.5 = 0.5, row 2: 0.
+    # Trajectory weights w = 1/2, 1/2, 1: mu = (0.5 * 1 + 0.5 * 0.5 + 1 * 0) / 2 = 0.375.
+    np.testing.assert_allclose(parts["episode"], [0.625, 0.125, -0.375])
+    # Step inputs R_t - p_i: row 0: 0 + 0.5 * 1 = 0.5 (the later penalty does not reach it), row 1:
+    # 1 - 0.5 = 0.5, row 2: 0. Step group s = {0.5, 0} -> +-0.25; t alone -> 0.
+    np.testing.assert_allclose(parts["step"], [0.25, 0.0, -0.25])
+
+
+def test_penalty_placement_reward_shapes_the_return():
+    parts = advantage_parts("gigpo", PEN_REWARD, PEN_GROUP, PEN_TRAJ, PEN_ANCHOR, gamma=0.5, mode="mean",
+                            penalty=PEN, penalty_placement="reward")
+    # r = 0, 0.5, 0: R(traj0) = 0.5, R(traj1) = 0 -> mean 0.25 -> +-0.25 on every row.
+    np.testing.assert_allclose(parts["episode"], [0.25, 0.25, -0.25])
+    # R_t: row 0 = 0 + 0.5 * 0.5 = 0.25 (the penalty propagated back), row 1 = 0.5, row 2 = 0.
+    # Step group s = {0.25, 0} -> +-0.125.
+    np.testing.assert_allclose(parts["step"], [0.125, 0.0, -0.125])
+
+
+def test_default_placement_is_not_reward_shaping():
+    """Fails on the old behaviour (the penalty folded into the rewards before the estimator)."""
+    shaped = np.subtract(PEN_REWARD, PEN)
+    old = compute_advantages("gigpo", shaped, PEN_GROUP, PEN_TRAJ, PEN_ANCHOR)
+    new = compute_advantages("gigpo", PEN_REWARD, PEN_GROUP, PEN_TRAJ, PEN_ANCHOR, penalty=PEN)
+    assert not np.allclose(old, new)
+    np.testing.assert_allclose(
+        compute_advantages("gigpo", PEN_REWARD, PEN_GROUP, PEN_TRAJ, PEN_ANCHOR, penalty=PEN, penalty_placement="reward"),
+        old)
+
+
+def test_penalty_with_step_statistics_is_the_reference_rows():
+    adv = compute_advantages("grpo", PEN_REWARD, PEN_GROUP, PEN_TRAJ, PEN_ANCHOR, mode="mean", penalty=PEN,
+                             episode_stats="step")
+    # Rows carry 1, 0.5, 0 -> mean 0.5.
+    np.testing.assert_allclose(adv, [0.5, 0.0, -0.5])
+
+
+def test_equal_returns_with_different_penalties_keep_a_finite_signal():
+    # Both trajectories fail with return 0; one has an invalid row. Trajectory weights 1/2, 1/2, 1:
+    # scores 0, -0.1, 0 -> mu = -0.025; spread sum_j w_j (e_j - mu)^2 = 0.5 * 0.025^2 + 0.5 * 0.075^2
+    # + 0.025^2 = 0.00375, / (W - 1 = 1) -> std 0.0612; the invalid row gets -0.075 / 0.0612 = -1.22.
+    adv = compute_advantages("grpo", [0.0, 0.0, 0.0], PEN_GROUP, PEN_TRAJ, PEN_ANCHOR, penalty=[0.0, 0.1, 0.0],
+                             eps=0.0)
+    np.testing.assert_allclose(adv, np.array([0.025, -0.075, 0.025]) / math.sqrt(0.00375))
+
+
+def test_single_trajectory_group_gets_zero_even_with_penalties():
+    for stats in ("trajectory", "step"):
+        adv = compute_advantages("grpo", [0.0, 1.0], [0, 0], [0, 0], ["a", "b"], penalty=[0.1, 0.0],
+                                 episode_stats=stats)
+        np.testing.assert_array_equal(adv, [0.0, 0.0])
+
+
+def test_episode_group_stats():
+    # Groups 0 (trajectories 0, 1), 1 (trajectory 2), 2 (trajectory 3) -> 2 of 3 singletons.
+    stats = episode_group_stats([0, 0, 0, 1, 2], [0, 0, 1, 2, 3])
+    assert stats == {"count": 3.0, "singleton_share": 2 / 3}
+
+
 # ------------------------------------------------------------------ property tests
 
 
 @st.composite
-def batches(draw):
-    """Random flat batches: ties, all-equal returns, singletons, mixed anchor types, shuffled rows."""
+def batches(draw, graph: bool = False):
+    """Random flat batches: ties, all-equal returns, singletons, mixed anchor types, shuffled rows,
+    invalid rows with penalties; with ``graph``, next anchors (revisits, self-loops) and success
+    flags (all-fail, all-success and mixed groups).
+
+    Rows are (group, traj, t, anchor, reward, penalty, next_anchor, success).
+    """
     n_groups = draw(st.integers(1, 4))
     anchor_kind = draw(st.sampled_from(["str", "tuple", "int"]))
     n_states = draw(st.integers(1, 4))  # few states -> many shared anchors; 1 -> all rows alike
     reward_pool = draw(st.sampled_from([[0.0], [0.0, 1.0], [0.0, 10.0, -0.1], None]))
+    penalty_pool = draw(st.sampled_from([[0.0], [0.0, 0.1], [0.0, 0.1, 0.5]]))
+    success_kind = draw(st.sampled_from(["random", "none", "all"]))
+    consistent = draw(st.booleans())  # next anchor = the following row's anchor, as a rollout records
+    key = {"str": lambda s: f"state {s}", "tuple": lambda s: (s, "room"), "int": lambda s: s}[anchor_kind]
     rows = []
     traj_counter = 0
     for g in range(n_groups):
         for _ in range(draw(st.integers(1, 4))):
             length = draw(st.integers(1, 6))
+            states = [draw(st.integers(0, n_states - 1)) for _ in range(length + 1)]
+            won = {"random": draw(st.booleans()), "none": False, "all": True}[success_kind]
             for t in range(length):
-                state = draw(st.integers(0, n_states - 1))
                 if reward_pool is None:
                     r = draw(st.floats(-5, 5, allow_nan=False, allow_infinity=False))
                 else:
                     r = draw(st.sampled_from(reward_pool))
-                anchor = {"str": f"state {state}", "tuple": (state, "room"), "int": state}[anchor_kind]
-                rows.append((g * 100, traj_counter, t, anchor, r))
+                following = states[t + 1] if consistent else draw(st.integers(0, n_states))
+                rows.append((g * 100, traj_counter, t, key(states[t]), r, draw(st.sampled_from(penalty_pool)),
+                             key(following), won))
             traj_counter += 1
     # Shuffle rows while keeping each trajectory's rows in time order.
     keys = draw(st.lists(st.floats(0, 1), min_size=len(rows), max_size=len(rows)))
@@ -141,32 +227,45 @@ def batches(draw):
     return shuffled
 
 
+def columns(batch):
+    """(group, traj, anchor, reward, penalty, next_anchor, success) lists of a drawn batch."""
+    group, traj, _, anchor, reward, penalty, next_anchor, success = (list(c) for c in zip(*batch))
+    return group, traj, anchor, reward, penalty, next_anchor, success
+
+
 @settings(max_examples=300, deadline=None)
 @given(batch=batches(), name=st.sampled_from(["gigpo", "grpo", "rloo"]), mode=st.sampled_from(["mean", "mean_std"]),
        gamma=st.sampled_from([0.0, 0.5, 0.95, 1.0]), w=st.sampled_from([0.0, 0.5, 1.0]),
-       stats=st.sampled_from(["trajectory", "step"]))
-def test_vectorised_equals_loop_oracle(batch, name, mode, gamma, w, stats):
-    group, traj, _, anchor, reward = (list(c) for c in zip(*batch))
-    got = compute_advantages(name, reward, group, traj, anchor, gamma=gamma, step_weight=w, mode=mode,
-                             episode_stats=stats)
-    want = oracle(name, reward, group, traj, anchor, gamma=gamma, step_weight=w, mode=mode, episode_stats=stats)
+       stats=st.sampled_from(["trajectory", "step"]), placement=st.sampled_from(["step", "reward", None]))
+def test_vectorised_equals_loop_oracle(batch, name, mode, gamma, w, stats, placement):
+    group, traj, anchor, reward, penalty, _, _ = columns(batch)
+    kwargs = dict(gamma=gamma, step_weight=w, mode=mode, episode_stats=stats)
+    if placement is not None:  # None: no penalty argument at all
+        kwargs.update(penalty=penalty, penalty_placement=placement)
+    got = compute_advantages(name, reward, group, traj, anchor, **kwargs)
+    want = oracle(name, reward, group, traj, anchor, **kwargs)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
 
 
 @settings(max_examples=100, deadline=None)
 @given(batch=batches())
 def test_invariants(batch):
-    group, traj, _, anchor, reward = (list(c) for c in zip(*batch))
-    parts = advantage_parts("gigpo", reward, group, traj, anchor, step_weight=0.0, mode="mean")
+    group, traj, anchor, reward, penalty, _, _ = columns(batch)
+    parts = advantage_parts("gigpo", reward, group, traj, anchor, step_weight=0.0, mode="mean", penalty=penalty)
     # step_weight = 0 leaves the episode part alone, equal to GRPO in the same mode.
     np.testing.assert_allclose(parts["advantage"], parts["episode"])
-    np.testing.assert_allclose(parts["advantage"], compute_advantages("grpo", reward, group, traj, anchor, mode="mean"))
-    # In mode "mean" the episode part of each group sums to zero over trajectories.
-    per_traj = {}
+    np.testing.assert_allclose(parts["advantage"], compute_advantages("grpo", reward, group, traj, anchor, mode="mean",
+                                                                      penalty=penalty))
+    # In mode "mean" the episode part of each group sums to zero over trajectories (each
+    # trajectory counted by the mean of its rows: the weights w_j = 1 / |tau_j|).
+    per_traj: dict = {}
     for g, t, a in zip(group, traj, parts["episode"]):
-        per_traj[(g, t)] = a
+        per_traj.setdefault((g, t), []).append(a)
     for g in set(group):
-        assert abs(sum(a for (gg, _), a in per_traj.items() if gg == g)) < 1e-9
+        assert abs(sum(np.mean(a) for (gg, _), a in per_traj.items() if gg == g)) < 1e-9
     # Step parts sum to zero inside each step group.
     sums = np.bincount(parts["step_group"], weights=advantage_parts("gigpo", reward, group, traj, anchor)["step"])
     np.testing.assert_allclose(sums, 0.0, atol=1e-9)
+    # Without penalties the placement does not matter.
+    np.testing.assert_allclose(compute_advantages("gigpo", reward, group, traj, anchor, penalty_placement="reward"),
+                               compute_advantages("gigpo", reward, group, traj, anchor))

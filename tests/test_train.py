@@ -114,8 +114,9 @@ def test_bad_override_fails_before_training(tmp_path):
 
 
 def test_dynamic_sampling_drops_no_signal_groups(tmp_path):
-    # Groups of 2 on easy Sokoban often tie (both fail); dynamic sampling rolls out more groups.
-    out = run(["env.groups=4", "algo.group_size=2", "env.val_episodes=4", "train.val_every=5", "train.iterations=2",
+    # Groups of 2 on easy Sokoban often tie (both fail); dynamic sampling rolls out more groups. GRPO:
+    # GiGPO's step groups almost always differ somewhere, so its groups rarely lack signal.
+    out = run(["algo=grpo", "env.groups=4", "algo.group_size=2", "env.val_episodes=4", "train.val_every=5", "train.iterations=2",
                "algo.dynamic_sampling=true", "algo.max_resample=2", "logger=none", f"run_dir={tmp_path}"])
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [r for r in metrics(tmp_path) if "train/dropped_groups" in r]
@@ -157,6 +158,6 @@ def test_invalid_penalty_enters_the_training_reward_only():
     records = [StepRecord(0, 0, t, "s", "obs", "up", "x", valid, -0.1, False, False, "sokoban")
                for t, valid in enumerate([True, False, False])]
     batch = Rollout(records)
-    batch.penalise_invalid(0.1)
-    assert batch.reward.tolist() == [-0.1, -0.2, -0.2]  # logged env rewards stay as the env gave them
-    assert [r.reward for r in records] == [-0.1, -0.1, -0.1]
+    # The estimator places the penalty (algo.penalty_placement); rewards stay as the env gave them.
+    assert batch.invalid.tolist() == [False, True, True]
+    assert batch.reward.tolist() == [-0.1, -0.1, -0.1] and [r.reward for r in records] == [-0.1, -0.1, -0.1]
