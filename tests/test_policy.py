@@ -218,3 +218,16 @@ def test_tiny_run_with_kl_logs_a_finite_nonzero_kl(tmp_path):
     kl = [r["loss/kl"] for r in rows if "loss/kl" in r]
     assert len(kl) == 2 and all(math.isfinite(v) for v in kl) and max(kl) > 0
     assert all("loss/pg_loss" in r and "loss/clip_frac_dual" in r for r in rows if "loss/kl" in r)
+
+
+def test_action_trie_is_shared_and_matches_a_fresh_one():
+    from gigpo.policy.model import ActionTrie
+    from gigpo.policy.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(["<action>go north</action>", "<action>go south</action>", "look"], 300)
+    actions = ("go north", "go south", "look")
+    cached = ActionTrie.of(tokenizer, actions)
+    assert ActionTrie.of(tokenizer, tuple(actions)) is cached
+    fresh = ActionTrie(tokenizer, actions)
+    assert cached.next == fresh.next and cached.depth == fresh.depth
+    assert cached.allowed((), 0) == sorted(cached.allowed((), 0))

@@ -90,3 +90,13 @@ def test_easy_preset_bfs_solves_all_and_random_policy_sometimes():
             step = env.step(list(ACTIONS)[rng.integers(4)])
         wins += step.won
     assert 0.15 <= wins / 400 <= 0.35
+
+
+def test_memoised_rooms_are_not_changed_by_play():
+    env = SokobanEnv(easy=True)
+    first = env.reset(4).observation
+    for action in ["up", "left", "down", "right", "up", "right"]:
+        if env.step(action).done:
+            break
+    assert env.reset(4).observation == first
+    assert SokobanEnv(easy=True).reset(4).observation == first

@@ -34,6 +34,7 @@ Presets (measured on seeds 0..999 with a uniformly random policy):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,6 +228,15 @@ def generate_room(seed: int, dim: int, num_boxes: int, gen_steps: int, min_solut
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _cached_room(seed: int, dim: int, num_boxes: int, gen_steps: int, min_solution_steps: int) -> Room:
+    """``generate_room``, memoised; callers must not mutate the result (``_move`` only touches copies)."""
+    room = generate_room(seed, dim, num_boxes, gen_steps, min_solution_steps)
+    room.walls.flags.writeable = False
+    room.targets.flags.writeable = False
+    return room
+
+
 class SokobanEnv:
     """Seeded Sokoban with text observations (see the module docstring for legend and rewards).
 
@@ -279,7 +289,9 @@ class SokobanEnv:
         )
 
     def reset(self, seed: int) -> Step:
-        self.room = generate_room(seed, self.dim, self.num_boxes, self.gen_steps, self.min_solution_steps)
+        # All N trajectories of a group reset to the same seed: generate once, copy the mutable parts.
+        room = _cached_room(seed, self.dim, self.num_boxes, self.gen_steps, self.min_solution_steps)
+        self.room = Room(room.walls, room.targets, set(room.boxes), room.player)
         self.steps = 0
         self.done = False
         return self._observe(0.0, won=False, valid=True)
