@@ -233,7 +233,8 @@ def _success_per_trajectory(success, traj: np.ndarray, n_traj: int) -> np.ndarra
     rows = np.bincount(traj, minlength=n_traj)
     mixed = (hits > 0) & (hits < rows)
     if mixed.any():
-        raise ValueError(f"success must be constant over a trajectory's rows; trajectory code {int(np.argmax(mixed))} mixes")
+        bad = int(np.argmax(mixed))
+        raise ValueError(f"success must be constant over a trajectory's rows; trajectory code {bad} mixes")
     return hits > 0
 
 
@@ -395,7 +396,8 @@ def episode_advantage(batch: FlatBatch, opts: AdvantageOptions) -> np.ndarray:
     else:
         length = np.bincount(batch.traj)
         penalty = row_penalty(batch, opts)
-        mean_score = episode_returns(batch, placed_reward(batch, opts)) - np.bincount(batch.traj, weights=penalty) / length
+        returns = episode_returns(batch, placed_reward(batch, opts))
+        mean_score = returns - np.bincount(batch.traj, weights=penalty) / length  # ebar(tau) [n_traj]
         mean = np.bincount(batch.traj_group, weights=mean_score) / trajectories  # mu_g
         advantage = scores - mean[batch.group]
         if opts.mode == "mean_std":
