@@ -7,29 +7,53 @@ actions and anchors and ``reward.py`` for the score.
 
 from __future__ import annotations
 
-from gigpo.envs.prompts import View, render
+from gigpo.envs.prompts import View, project_tagged, render_env
 from gigpo.envs.webshop.env import SEARCH_ACTION, WebShopEnv
 
-PROMPT = """You are an expert autonomous agent shopping on WebShop. Your task: {task}
-Search for products, open one, choose the options the task asks for (size, color, flavor, ...) and buy it with "click[buy now]". It must match the task's attributes, options and price limit.
+# Characters of an untagged answer sent to the env (the paper code's fallback; the env then
+# finds no action in them).
+UNTAGGED_TAIL_CHARS = 30
 
-Your last steps:
-{history}
+# The paper code's prompt structure (verl-agent, prompts/webshop.py) in this project's words:
+# a no-history template at step 0, then one with the step count and the numbered history.
+PROMPT_FIRST = """You are an expert autonomous shopping agent in WebShop, a text-based e-commerce environment.
+Your task is to: {task_description}.
+Your current observation is: {current_observation}.
+The admissible actions in this situation are:
+[
+{admissible_actions}
+].
 
-Current page (step {step}):
-{observation}
+It is your turn to take one action for this step.
+First think step by step about the current situation and about which admissible action best serves the shopping goal; enclose that reasoning within <think> </think> tags.
+Then choose one admissible action for this step and enclose it within <action> </action> tags ("search[<your query>]" means search[...] with a query you write)."""
 
-Admissible actions: {admissible}
-("search[<your query>]" means search[...] with a query you write.)
+PROMPT = """You are an expert autonomous shopping agent in WebShop, a text-based e-commerce environment.
+Your task is to: {task_description}.
+Prior to this step, you have already taken {step_count} step(s). Here are your last {history_length} observations and the action you took after each: {action_history}
+You are now at step {current_step} and your current observation is: {current_observation}.
+The admissible actions in this situation are:
+[
+{admissible_actions}
+].
 
-Think about which product and options fit the task inside <think>...</think>, then give exactly one action inside <action>...</action>, e.g. <action>search[gluten free protein bar]</action> or <action>click[buy now]</action>."""
+It is your turn to take one action for this step.
+First think step by step about the current situation and about which admissible action best serves the shopping goal; enclose that reasoning within <think> </think> tags.
+Then choose one admissible action for this step and enclose it within <action> </action> tags ("search[<your query>]" means search[...] with a query you write)."""
 
-COMPACT_PROMPT = "task: {task}\npage: {observation}\nactions: {admissible}\naction:"
+COMPACT_PROMPT = "task: {task}\nlast: {recent_actions}\npage: {observation}\nactions: {admissible}\naction:"
 
 
-def render_prompt(view: View, compact: bool) -> str:
-    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT``."""
-    return render(COMPACT_PROMPT if compact else PROMPT, view)
+def project_action(response: str, admissible: list[str]) -> tuple[str, bool]:
+    """``env.projection=paper``: the paper code's WebShop projection (``prompts.project_tagged``):
+    format-only validity (tags, <think></think>, no CJK); ``admissible`` is not consulted."""
+    return project_tagged(response, UNTAGGED_TAIL_CHARS)
+
+
+def render_prompt(view: View, compact: bool, template: str | None = None, template_first: str | None = None) -> str:
+    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT_FIRST``
+    without history and ``PROMPT`` with it; ``template``/``template_first`` override them."""
+    return render_env(view, compact, template, template_first, PROMPT, PROMPT_FIRST, COMPACT_PROMPT)
 
 
 def decodable_actions(view: View) -> list[str]:
@@ -40,4 +64,5 @@ def decodable_actions(view: View) -> list[str]:
     return [f"search[{query}]" if a == SEARCH_ACTION else a for a in view.admissible]
 
 
-__all__ = ["COMPACT_PROMPT", "PROMPT", "WebShopEnv", "decodable_actions", "render_prompt"]
+__all__ = ["COMPACT_PROMPT", "PROMPT", "PROMPT_FIRST", "WebShopEnv", "decodable_actions", "project_action",
+           "render_prompt"]
