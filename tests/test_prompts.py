@@ -80,6 +80,8 @@ def test_paper_projection_without_tags_sends_last_30_characters():
     action, valid = alfworld.project_action(text, ADMISSIBLE)
     assert action == text.lower()[-30:] and len(action) == 30 and not valid
     assert alfworld.project_action("<think>x</think><action>look", ADMISSIBLE)[1] is False
+    assert webshop.project_action(text, [])[0] == text.lower()[-20:]  # WebShop's fallback keeps 20
+    assert alfworld.project_action("<THINK>x</THINK><action>look</action>", ADMISSIBLE) == ("look", False)
 
 
 def test_projection_by_name():

@@ -152,22 +152,22 @@ def load_template(path: str) -> str:
     return text
 
 
-def project_tagged(response: str, tail_chars: int = 30) -> tuple[str, bool]:
+def project_tagged(response: str, tail_chars: int) -> tuple[str, bool]:
     """The paper code's projection (verl-agent's ALFWorld/WebShop ``projection``): ``(action, valid)``.
 
-    The whole answer is lower-cased; the action is the text between the first ``<action>`` and
-    the ``</action>`` after it, stripped. Valid iff that pair exists, ``<think>`` and ``</think>``
-    both occur and the answer holds no CJK character. Admissibility is not checked: the env
-    receives the action either way. Without the tag pair the last ``tail_chars`` characters are
-    sent and the step is invalid.
+    The answer is lower-cased; the action is the text between the first ``<action>`` and the
+    first ``</action>``, stripped (empty when ``</action>`` comes first, as there). Valid iff both
+    tags occur, ``<think>`` and ``</think>`` occur (case-sensitive, in the raw answer) and the
+    answer holds no CJK character. Admissibility is not checked: the env receives the action
+    either way. Without the tag pair the last ``tail_chars`` characters are sent and the step is
+    invalid (ALFWorld 30, WebShop 20 in the paper code).
     """
     lowered = response.lower()
-    start = lowered.find("<action>")
-    end = lowered.find("</action>", start + len("<action>")) if start >= 0 else -1
+    start, end = lowered.find("<action>"), lowered.find("</action>")
     if start < 0 or end < 0:
         return lowered[-tail_chars:], False
     action = lowered[start + len("<action>"):end].strip()
-    valid = "<think>" in lowered and "</think>" in lowered and not _CJK.search(response)
+    valid = "<think>" in response and "</think>" in response and not _CJK.search(response)
     return action, valid
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from gigpo.envs.prompts import View, project_tagged, render_env
 from gigpo.envs.webshop.env import SEARCH_ACTION, WebShopEnv
 
-# Characters of an untagged answer sent to the env (the paper code's fallback; the env then
-# finds no action in them).
-UNTAGGED_TAIL_CHARS = 30
+# Characters of an untagged answer sent to the env (the paper code's WebShop fallback; the env
+# then finds no action in them).
+UNTAGGED_TAIL_CHARS = 20
 
 # The paper code's prompt structure (verl-agent, prompts/webshop.py) in this project's words:
 # a no-history template at step 0, then one with the step count and the numbered history.

@@ -16,7 +16,8 @@ Normalised records (plain dicts, read by ``reward.webshop_score`` and the env):
   product_category.
 
 Human goals, in the benchmark's order (``get_human_goals`` then one shuffle): products in
-product-file order (first record of each asin), each product's instructions in file order,
+product-file order (first record of each asin; asins "nan" or longer than 10 characters
+skipped, as its ``load_products`` does), each product's instructions in file order,
 instructions without attributes skipped, then one ``random.Random(233).shuffle``. The shuffle's
 permutation depends only on the number of goals, so with the real files goal i is the
 benchmark's goal i and "goals 0-499" are its test goals. The price bound (drawn on its own
@@ -224,6 +225,8 @@ def _load(data_dir: Path) -> Catalog:
     products, seen = [], set()
     for i, record in enumerate(raw_products):
         product = _product(record, i, attributes, product_path, attr_path)
+        if product["asin"] == "nan" or len(product["asin"]) > 10:
+            continue  # the benchmark's loader skips these records
         if product["asin"] not in seen:
             seen.add(product["asin"])
             products.append(product)
