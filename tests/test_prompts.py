@@ -1,5 +1,7 @@
 """Prompt rendering and action projection (gigpo.envs.prompts)."""
 
+from dataclasses import replace
+
 import pytest
 
 from gigpo.envs import alfworld, sokoban
@@ -140,3 +142,18 @@ def test_compact_prompts_show_history():
     for module in (sokoban, alfworld, webshop):
         assert "up, left" in module.render_prompt(view, compact=True)
         assert prompts_module.template_fields(module.COMPACT_PROMPT) & prompts_module.HISTORY_FIELDS
+
+
+def test_webshop_full_prompt_shows_pages_and_actions_as_the_paper_code():
+    task = "i need a red mug, and price lower than 20.00 dollars"
+    page = f"Instruction: [SEP] {task} [SEP] Back to Search [SEP] Page 1 (Total results: 2) [SEP] B0X [SEP] Red Mug"
+    view = View(0, 0, 0, 1, task, page, ["click[back to search]", "click[b0x]"],
+                [(f"WebShop [SEP] Instruction: [SEP] {task} [SEP] Search", "search[red mug]")])
+    text = webshop.render_prompt(view, compact=False)
+    assert ("current observation is: 'Back to Search' [SEP] 'Page 1 (Total results: 2)' [SEP] 'B0X' [SEP] "
+            "'Red Mug'.") in text
+    assert "[Observation 1: ''Search'', Action 1: 'search[red mug]']" in text
+    assert "[\n'click[back to search]',\n'click[b0x]',\n]" in text
+    assert f"Your task is to: {task}.\nPrior to this step, you have already taken 1 step(s)." in text
+    assert "Instruction:" not in webshop.render_prompt(replace(view, history=[], step=0), compact=False)
+

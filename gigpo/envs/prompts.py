@@ -97,8 +97,9 @@ def format_admissible(admissible: list[str]) -> str:
     return "\n ".join(f"'{action}'" for action in admissible if action != "help")
 
 
-def render(template: str, view: View) -> str:
-    """Fill ``template`` (any of ``FIELDS``) from ``view``."""
+def render(template: str, view: View, admissible_format=format_admissible) -> str:
+    """Fill ``template`` (any of ``FIELDS``) from ``view``; ``admissible_format`` writes the
+    ``admissible_actions`` field."""
     first_step = view.step - len(view.history)
     return template.format(
         task=view.task,
@@ -113,25 +114,26 @@ def render(template: str, view: View) -> str:
         current_step=view.step + 1,
         history_length=len(view.history),
         action_history=format_action_history(view.history, first_step),
-        admissible_actions=format_admissible(view.admissible),
-        available_actions=format_admissible(view.admissible),
+        admissible_actions=admissible_format(view.admissible),
+        available_actions=admissible_format(view.admissible),
     )
 
 
-def render_pair(view: View, template: str, template_first: str | None) -> str:
+def render_pair(view: View, template: str, template_first: str | None, admissible_format=format_admissible) -> str:
     """``template_first`` while the view has no history (step 0, or history_len 0), else ``template``."""
-    return render(template_first if template_first is not None and not view.history else template, view)
+    chosen = template_first if template_first is not None and not view.history else template
+    return render(chosen, view, admissible_format)
 
 
 def render_env(view: View, compact: bool, template: str | None, template_first: str | None,
-               prompt: str, prompt_first: str | None, compact_prompt: str) -> str:
+               prompt: str, prompt_first: str | None, compact_prompt: str, admissible_format=format_admissible) -> str:
     """An env's prompt: user ``template``/``template_first`` (files) override the module's
     ``prompt``/``prompt_first`` (instruct models) or ``compact_prompt`` (tiny models)."""
     if template is None:
         template = compact_prompt if compact else prompt
         if template_first is None and not compact:
             template_first = prompt_first
-    return render_pair(view, template, template_first)
+    return render_pair(view, template, template_first, admissible_format)
 
 
 def template_fields(template: str) -> set[str]:

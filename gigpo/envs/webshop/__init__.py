@@ -7,8 +7,10 @@ actions and anchors and ``reward.py`` for the score.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gigpo.envs.prompts import View, project_tagged, render_env
-from gigpo.envs.webshop.env import SEARCH_ACTION, WebShopEnv
+from gigpo.envs.webshop.env import SEARCH_ACTION, SEP, WebShopEnv
 
 # Characters of an untagged answer sent to the env (the paper code's WebShop fallback; the env
 # then finds no action in them).
@@ -44,6 +46,21 @@ Then choose one admissible action for this step and enclose it within <action> <
 COMPACT_PROMPT = "task: {task}\nlast: {recent_actions}\npage: {observation}\nactions: {admissible}\naction:"
 
 
+def paper_page(observation: str, task: str) -> str:
+    """The page as the paper code shows it: the parts after the instruction, each quoted,
+    joined by " [SEP] " (the whole page when the instruction is not found)."""
+    parts = observation.split(SEP)
+    if task not in parts:
+        return observation
+    return SEP.join(f"'{part}'" for part in parts[parts.index(task) + 1:])
+
+
+def paper_admissible(admissible: list[str]) -> str:
+    """Admissible actions as the paper code lists them for WebShop: quoted, a comma after each,
+    one per line."""
+    return "\n".join(f"'{action}'," for action in admissible)
+
+
 def project_action(response: str, admissible: list[str]) -> tuple[str, bool]:
     """``env.projection=paper``: the paper code's WebShop projection (``prompts.project_tagged``):
     format-only validity (tags, <think></think>, no CJK); ``admissible`` is not consulted."""
@@ -52,8 +69,15 @@ def project_action(response: str, admissible: list[str]) -> tuple[str, bool]:
 
 def render_prompt(view: View, compact: bool, template: str | None = None, template_first: str | None = None) -> str:
     """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT_FIRST``
-    without history and ``PROMPT`` with it; ``template``/``template_first`` override them."""
-    return render_env(view, compact, template, template_first, PROMPT, PROMPT_FIRST, COMPACT_PROMPT)
+    without history and ``PROMPT`` with it; ``template``/``template_first`` override them. Full
+    prompts show pages (current and in the history) as ``paper_page`` and actions as
+    ``paper_admissible``, as the paper code does."""
+    if compact and template is None:
+        return render_env(view, compact, None, None, PROMPT, PROMPT_FIRST, COMPACT_PROMPT)
+    paper_view = replace(view, observation=paper_page(view.observation, view.task),
+                         history=[(paper_page(o, view.task), a) for o, a in view.history])
+    return render_env(paper_view, compact, template, template_first, PROMPT, PROMPT_FIRST, COMPACT_PROMPT,
+                      admissible_format=paper_admissible)
 
 
 def decodable_actions(view: View) -> list[str]:
