@@ -28,7 +28,7 @@ goals come at random, not in file order); test/dev keep the benchmark's order (v
 its seeds at random itself). ``goals="synthetic"`` draws a generated template goal with the
 benchmark's weights, ``random.Random(seed)`` picking it, for every split (no held-out split).
 ``info["catalog"]`` is "synthetic" on the generated catalog and "real" on the benchmark's files;
-``info["type_reward"]`` names the noun finder of the score ("spacy" or "heuristic").
+``info["type_reward"]`` names the noun finder of the score ("spacy:<pipeline>" or "heuristic").
 """
 
 from __future__ import annotations

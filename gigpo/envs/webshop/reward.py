@@ -15,10 +15,10 @@ r_type in {1, 0.5, 0.1, 0}: with T = the goal title's nouns (a list: repeats cou
 
 ratio is thefuzz's ``token_set_ratio`` as the benchmark calls it: rapidfuzz ``token_set_ratio``
 on lower-cased, punctuation-stripped text (``default_process``), rounded to an integer; the
-threshold is strict (``> 85``). Nouns are spaCy's NOUN/PROPN tokens when ``en_core_web_sm`` is
-installed (as the benchmark), else a heuristic (alphabetic words of >= 3 letters minus stop
-words, adjectives and units); ``type_reward_source()`` says which ("spacy" or "heuristic") and
-the env reports it in ``info["type_reward"]``.
+threshold is strict (``> 85``). Nouns are spaCy's NOUN/PROPN tokens when ``en_core_web_lg`` (the
+benchmark's pipeline) or ``en_core_web_sm`` is installed, else a heuristic (alphabetic words of
+>= 3 letters minus stop words, adjectives and units); ``type_reward_source()`` says which
+("spacy:<pipeline>" or "heuristic") and the env reports it in ``info["type_reward"]``.
 """
 
 from __future__ import annotations
@@ -67,19 +67,30 @@ def normalize_color(value: str) -> str:
     return value
 
 
+# spaCy pipelines tried in order: the benchmark's goal.py loads en_core_web_lg.
+SPACY_MODELS = ("en_core_web_lg", "en_core_web_sm")
+
+
+@lru_cache(maxsize=1)
+def _spacy_model() -> str | None:
+    return next((name for name in SPACY_MODELS if importlib.util.find_spec(name) is not None), None)
+
+
 @lru_cache(maxsize=1)
 def _spacy_nlp():
-    """spaCy's en_core_web_sm tagger, or None when it is not installed (loaded on first use)."""
-    if importlib.util.find_spec("en_core_web_sm") is None:
+    """The first installed spaCy pipeline of ``SPACY_MODELS`` (loaded on first use), or None."""
+    name = _spacy_model()
+    if name is None:
         return None
     import spacy
 
-    return spacy.load("en_core_web_sm", disable=["parser", "ner", "lemmatizer"])
+    return spacy.load(name, disable=["parser", "ner", "lemmatizer"])
 
 
 def type_reward_source() -> str:
-    """Which noun finder the type reward uses: "spacy" or "heuristic"."""
-    return "spacy" if _spacy_nlp() is not None else "heuristic"
+    """Which noun finder the type reward uses: "spacy:<pipeline>" or "heuristic"."""
+    name = _spacy_model()
+    return f"spacy:{name}" if name is not None else "heuristic"
 
 
 @lru_cache(maxsize=65536)
