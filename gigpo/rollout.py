@@ -112,8 +112,8 @@ def env_corpus(env_cfg: EnvConfig, episodes: int = 16, max_prompts: int = 200, s
             step = env.reset(seed=episode)
             history: list[tuple[str, str]] = []
             for t in range(env_cfg.max_steps):
-                view = View(0, 0, 0, t, step.info.get("task", ""), step.observation, list(step.admissible),
-                            history[-env_cfg.history_len :])
+                recent = history[-env_cfg.history_len :] if env_cfg.history_len > 0 else []  # [-0:] is all
+                view = View(0, 0, 0, t, step.info.get("task", ""), step.observation, list(step.admissible), recent)
                 texts.append(render_prompt(env_cfg, view))
                 prompts += 1
                 if prompts >= max_prompts:
