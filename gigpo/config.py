@@ -81,10 +81,24 @@ class EnvConfig:
     """Short template for small models without a chat template."""
     invalid_penalty: float = 0.1
     """Subtracted from the reward of a step whose action was invalid."""
+    projection: str = "strict"
+    """Answer -> action: "paper" (the paper code: first <action> pair, lower-cased, valid iff tagged
+    with <think></think> and no CJK; admissibility unchecked, the env's own verdict ignored) or
+    "strict" (last <action> pair, valid iff admissible and accepted by the env)."""
+    prompt_template: Optional[str] = None
+    """File with a str.format prompt template (fields: gigpo.envs.prompts.FIELDS) replacing the
+    env's built-in ones; None: built-in."""
+    prompt_template_first: Optional[str] = None
+    """Template file for steps without history (step 0, or history_len 0); None: prompt_template
+    (or the built-in no-history template)."""
     val_episodes: int = 64
     """Validation episodes (held-out seeds or the validation split)."""
     val_seed_offset: int = 1_000_000
-    """Validation uses seeds val_seed_offset, val_seed_offset + 1, ..."""
+    """Validation uses seeds val_seed_offset, val_seed_offset + 1, ... (val_pool 0)."""
+    val_pool: int = 0
+    """> 0: validation plays val_episodes seeds drawn at random (without replacement, seeded by
+    val_seed_offset, the same draw every time) from 0..val_pool-1, and mode=eval plays all of
+    them once; 0: consecutive seeds from val_seed_offset."""
     workers: int = 0
     """Env worker processes; 0 steps envs in the training process."""
     step_timeout_s: float = 120.0
@@ -124,6 +138,9 @@ class AlfWorldConfig(EnvConfig):
     """Folder holding json_2.1.1/; None: $ALFWORLD_DATA or the archives in ../shared."""
     success_reward: float = 10.0
     """Reward on success (the paper uses 10)."""
+    shuffle_seed: Optional[int] = 0
+    """Train split: seed s plays game order[s % 3553], order a fixed permutation drawn with this
+    seed (task types mixed within an iteration); None: the sorted list."""
 
 
 @dataclass
@@ -139,6 +156,14 @@ class WebShopConfig(EnvConfig):
     reward_mode: str = "success"
     """"success": success_reward on a perfect purchase, else 0; "score": the WebShop score."""
     success_reward: float = 10.0
+    goals: str = "human"
+    """"human": the human instructions (test = goals 0-499); "synthetic": the benchmark's
+    generated template goals (every option combination, weighted random draws, no held-out split)."""
+    shuffle_seed: Optional[int] = 0
+    """Train split (human goals): seed s plays goal order[s % n], order a fixed permutation drawn
+    with this seed; None: goal order."""
+    show_attrs: bool = False
+    """Show the item page's Attributes sub-page (the benchmark hides it by default)."""
 
 
 @dataclass
@@ -260,8 +285,34 @@ class Config:
     """Output folder; None: Hydra's output dir, or the current dir outside Hydra."""
 
 
+def _check_prompts(env) -> None:
+    """Projection and prompt-template checks: the env has the projection, template files load,
+    and a history_len > 0 meets a template that shows history."""
+    from gigpo.envs import env_module, projection
+    from gigpo.envs.prompts import HISTORY_FIELDS, load_template, template_fields
+
+    projection(env.name, env.projection)
+    if env.name == "webshop" and env.goals not in ("human", "synthetic"):
+        raise ValueError(f"env.goals={env.goals!r} is not one of ['human', 'synthetic']")
+    module = env_module(env.name)
+    templates = {}
+    if env.prompt_template:
+        templates["env.prompt_template"] = load_template(env.prompt_template)
+    elif env.compact_prompt:
+        templates["env.compact_prompt=true (COMPACT_PROMPT)"] = module.COMPACT_PROMPT
+    else:
+        templates["env.compact_prompt=false (PROMPT)"] = module.PROMPT
+    if env.prompt_template_first:
+        load_template(env.prompt_template_first)
+    for name, text in templates.items():
+        if env.history_len > 0 and not template_fields(text) & HISTORY_FIELDS:
+            raise ValueError(f"env.history_len={env.history_len} but {name} shows no history (none of "
+                             f"{sorted(HISTORY_FIELDS)}); set env.history_len=0 or use a template with history")
+
+
 ENV_SCHEMAS = {"sokoban": SokobanConfig, "alfworld": AlfWorldConfig, "webshop": WebShopConfig,
                "gridnav": GridNavConfig}
+
 
 
 def env_options(env, validation: bool = False) -> dict[str, Any]:
@@ -303,6 +354,7 @@ CHOICES = {
     "train.strategy": ("single", "deepspeed"),
     "rollout.name": ("hf", "vllm"),
     "mode": ("train", "eval"),
+    "env.projection": ("paper", "strict"),
 }
 POSITIVE = ("algo.group_size", "env.groups", "env.max_steps", "env.val_episodes", "train.mini_batch_size",
             "train.micro_batch_size", "train.val_every", "train.checkpoint_every", "train.ppo_epochs")
@@ -330,5 +382,9 @@ def check(cfg) -> None:
         raise ValueError(f"algo.omega={cfg.algo.omega!r} must be in (0, 1]")
     if cfg.algo.similarity is not None and not 0.0 < cfg.algo.similarity <= 1.0:
         raise ValueError(f"algo.similarity={cfg.algo.similarity!r} must be in (0, 1] or null")
+    _check_prompts(cfg.env)
+    if cfg.env.projection == "paper" and cfg.model.constrained:
+        raise ValueError("env.projection=paper needs <think> tags, which model.constrained=true never writes "
+                         "(every step would be invalid); use env.projection=strict or model.constrained=false")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("checkpoint: mode=eval needs checkpoint=PATH (a checkpoint file or a run folder)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gigpo.config import EnvConfig, ModelConfig, env_options
-from gigpo.envs import env_module, make
+from gigpo.envs import env_module, make, render_prompt
 from gigpo.envs.prompts import View
 from gigpo.policy.model import Sample, as_chat, generate
 from gigpo.runner import GroupRunner, StepRecord
@@ -60,7 +60,7 @@ def make_act(policy, tokenizer, env_cfg: EnvConfig, model_cfg: ModelConfig, temp
     decodable = getattr(module, "decodable_actions", lambda view: view.admissible)
 
     def act(views: list[View]):
-        prompts = [as_chat(tokenizer, module.render_prompt(v, env_cfg.compact_prompt)) for v in views]
+        prompts = [as_chat(tokenizer, render_prompt(env_cfg, v)) for v in views]
         admissible = [decodable(v) for v in views] if model_cfg.constrained else None
         start = time.perf_counter()
         samples = generate_fn(policy, tokenizer, prompts, model_cfg, temperature, admissible)
@@ -115,9 +115,9 @@ def env_corpus(env_cfg: EnvConfig, episodes: int = 16, max_prompts: int = 200, s
             step = env.reset(seed=episode)
             history: list[tuple[str, str]] = []
             for t in range(env_cfg.max_steps):
-                view = View(0, 0, 0, t, step.info.get("task", ""), step.observation, list(step.admissible),
-                            history[-env_cfg.history_len :])
-                texts.append(module.render_prompt(view, env_cfg.compact_prompt))
+                recent = history[-env_cfg.history_len :] if env_cfg.history_len > 0 else []  # [-0:] is all
+                view = View(0, 0, 0, t, step.info.get("task", ""), step.observation, list(step.admissible), recent)
+                texts.append(render_prompt(env_cfg, view))
                 prompts += 1
                 if prompts >= max_prompts:
                     return texts

@@ -25,8 +25,9 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from gigpo.envs import ENVS, make
+from gigpo.envs import projection as projection_of
 from gigpo.envs.base import Step
-from gigpo.envs.prompts import View, project_action
+from gigpo.envs.prompts import View
 
 logger = logging.getLogger(__name__)
 
@@ -185,10 +186,12 @@ class GroupRunner:
     step_timeout_s: a worker that takes longer than this per env it was asked to reset or step
                     is considered hung, killed and restarted.
     history_len:    (observation, action) pairs shown in each View's history.
+    projection:     "strict" (tags + admissible, and the env must accept the action) or "paper"
+                    (the env module's ``project_action``: format only; the env's verdict is ignored).
     """
 
     def __init__(self, env_name: str, env_options: dict, num_workers: int | None = None,
-                 step_timeout_s: float = 60.0, history_len: int = 2):
+                 step_timeout_s: float = 60.0, history_len: int = 2, projection: str = "strict"):
         if env_name not in ENVS:
             raise ValueError(f"env name: unknown environment {env_name!r}; known: {sorted(ENVS)}")
         self.env_name = env_name
@@ -196,6 +199,8 @@ class GroupRunner:
         self.num_workers = os.cpu_count() if num_workers is None else num_workers
         self.step_timeout_s = step_timeout_s
         self.history_len = history_len
+        self.project = projection_of(env_name, projection)
+        self.format_only = projection == "paper"
         self.local = EnvSlots(env_name, self.env_options) if self.num_workers == 0 else None
         self.workers: list[Worker] = []
 
@@ -288,7 +293,7 @@ class GroupRunner:
                 raise ValueError(f"act returned {len(answers)} answers for {len(views)} views")
             actions = {}
             for slot, (response, payload) in zip(active, answers):
-                action, well_formed = project_action(response, current[slot].admissible)
+                action, well_formed = self.project(response, current[slot].admissible)
                 actions[slot] = (action, well_formed, response, payload)
             outcomes = self._call("step", [(slot, actions[slot][0]) for slot in active])
             for slot in active:
@@ -306,7 +311,7 @@ class GroupRunner:
                     record.info = {"crashed": True, "error": error}
                     del current[slot]
                 else:
-                    record.valid = well_formed and bool(result.info.get("valid", True))
+                    record.valid = well_formed and (self.format_only or bool(result.info.get("valid", True)))
                     record.reward, record.done, record.won = float(result.reward), result.done, result.won
                     record.next_anchor = result.anchor
                     record.info = {k: v for k, v in result.info.items() if k not in STANDARD_INFO_KEYS}

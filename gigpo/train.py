@@ -16,6 +16,7 @@ from collections import defaultdict
 import json
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -75,13 +76,25 @@ def build_policy(cfg: DictConfig, run_dir: Path):
 def make_runner(cfg: DictConfig, validation: bool = False) -> GroupRunner:
     options = env_options(cfg.env, validation)
     return GroupRunner(cfg.env.name, options, num_workers=cfg.env.workers, step_timeout_s=cfg.env.step_timeout_s,
-                       history_len=cfg.env.history_len)
+                       history_len=cfg.env.history_len, projection=cfg.env.projection)
+
+
+def validation_seeds(env_cfg, evaluate: bool = False) -> list[int]:
+    """Validation seeds: with val_pool > 0, val_episodes distinct seeds of 0..val_pool-1 drawn with
+    random.Random(val_seed_offset) (the same draw each time), or all of them when ``evaluate``;
+    else val_episodes consecutive seeds from val_seed_offset."""
+    if env_cfg.val_pool <= 0:
+        return [env_cfg.val_seed_offset + i for i in range(env_cfg.val_episodes)]
+    if evaluate:
+        return list(range(env_cfg.val_pool))
+    return random.Random(env_cfg.val_seed_offset).sample(range(env_cfg.val_pool), min(env_cfg.val_episodes,
+                                                                                        env_cfg.val_pool))
 
 
 def validate(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, generate_fn=generate) -> dict[str, float]:
-    """Success on held-out episodes: seeds val_seed_offset.. on the validation split, each played once."""
+    """Success on held-out episodes of the validation split, each played once (``validation_seeds``)."""
     policy.eval()
-    seeds = [cfg.env.val_seed_offset + i for i in range(cfg.env.val_episodes)]
+    seeds = validation_seeds(cfg.env, evaluate=cfg.mode == "eval")
     act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.val_temperature, clock,  # noqa: E731
                                          generate_fn)
     result = rollout(runner, act, seeds, group_size=1)

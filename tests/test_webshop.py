@@ -112,11 +112,14 @@ def test_invalid_actions_change_nothing(env):
     start = env.reset(5)
     env.step("search[anything at all]")
     item = env.step(f"click[{env.page_asins()[0]}]")
-    for bad in ["click[nonexistent]", "search[on the item page]", "buy", "", "click[]", "click[next >]"]:
+    for bad in ["click[nonexistent]", "buy", "", "click[]", "click[next >]", "click[attributes]"]:
         step = env.step(bad)
         assert not step.info["valid"]
         assert (step.observation, step.anchor, step.admissible) == (item.observation, item.anchor, item.admissible)
     assert step.info["steps"] == 8
+    # search works from any page, as in the benchmark's text env
+    searched = env.step("search[anything at all]")
+    assert searched.info["valid"] and searched.anchor[:3] == ("results", "anything at all", 1)
     env.reset(5)
     for bad in ["search[]", "search[<your query>]", "click[buy now]", "click[back to search]"]:
         step = env.step(bad)
@@ -169,14 +172,15 @@ def test_options_pages_and_admissible(env):
     item = env.step(f"click[{env.goal['asin']}]")
     kind, values = next((k, v) for k, v in product["options"].items() if len(v) >= 2)
     assert f"click[{values[1]}]" in item.admissible and "click[buy now]" in item.admissible
+    assert "click[attributes]" not in item.admissible and "Attributes" not in item.observation  # show_attrs=False
     chosen = env.step(f"click[{values[1]}]")
-    assert f"[clicked button] {values[1]} [clicked button_]" in chosen.observation
+    assert "[clicked button]" not in chosen.observation  # text mode: no markers
     assert (kind, values[1]) in chosen.anchor[-1]
     again = env.step(f"click[{values[0]}]")  # replaces the choice of that type
     assert dict(again.anchor[-1])[kind] == values[0]
-    attrs = env.step("click[attributes]")
-    assert attrs.admissible == ["click[back to search]", "click[< prev]"]
-    assert all(a in attrs.observation for a in product["attributes"])
+    features = env.step("click[features]")
+    assert features.admissible == ["click[back to search]", "click[< prev]"]
+    assert all(b in features.observation for b in product["bullets"])
     back = env.step("click[< prev]")
     assert back.anchor == again.anchor
     assert env.step("click[back to search]").anchor == run.anchor
@@ -276,3 +280,125 @@ def test_loader_rejects_bad_json(tmp_path):
     with pytest.raises(ValueError, match="items_human_ins.json"):
         load_catalog(directory)
     shutil.rmtree(directory)
+
+
+# ---- the benchmark's goal order, synthetic goals, reward details, search, labels -----------------
+
+def _product(asin, name, options=None, pricing="$10.00"):
+    custom = {k: [{"value": v} for v in values] for k, values in (options or {}).items()}
+    return {"asin": asin, "name": name, "category": "c", "query": name, "product_category": "A › B",
+            "small_description": ["bullet"], "full_description": "desc", "pricing": pricing,
+            "customization_options": custom}
+
+
+def test_human_goals_follow_the_benchmark_order(tmp_path):
+    """Products in product-file order, each one's instructions in order, attribute-less ones
+    skipped, then one random.Random(233).shuffle of the list."""
+    import random
+
+    products = [_product(f"B0ORDER{i:03d}", f"thing {i}") for i in (3, 1, 2)]
+    ins = {  # the instruction file lists asins in another order than the product file
+        "B0ORDER001": [{"instruction": "one a", "instruction_attributes": ["x"]},
+                       {"instruction": "one b", "instruction_attributes": []},
+                       {"instruction": "one c", "instruction_attributes": ["y"]}],
+        "B0ORDER002": [{"instruction": "two a", "instruction_attributes": ["x"]}],
+        "B0ORDER003": [{"instruction": "three a", "instruction_attributes": ["z"]},
+                       {"instruction": "three b", "instruction_attributes": ["z"]}],
+    }
+    catalog = load_catalog(_write(tmp_path / "d", products, {}, ins))
+    before = ["three a", "three b", "one a", "one c", "two a"]
+    order = list(range(len(before)))
+    random.Random(233).shuffle(order)
+    assert [g["instruction"].split(",")[0] for g in catalog.goals] == [before[i] for i in order]
+
+
+def test_synthetic_goals_cover_option_combinations_with_weights(tmp_path):
+    products = [_product("B0SYN00001", "red mug", {"Size": ["small", "large"], "Color": ["red", "blue"]}),
+                _product("B0SYN00002", "tea pot"), _product("B0SYN00003", "no template")]
+    attrs = {"B0SYN00001": {"attributes": ["dishwasher safe"], "instruction": "i want a dishwasher safe mug",
+                            "instruction_attributes": ["dishwasher safe"]},
+             "B0SYN00002": {"attributes": ["glass"], "instruction": "i want a glass tea pot.",
+                            "instruction_attributes": ["glass", "dishwasher safe"]}}
+    ins = {"B0SYN00001": [{"instruction": "a mug", "instruction_attributes": ["x"]}]}
+    directory = _write(tmp_path / "d", products, attrs, ins)
+    goals = load_catalog(directory).synthetic
+    mugs = [g for g in goals if g["asin"] == "B0SYN00001"]
+    assert len(mugs) == 4 and len(goals) == 5  # 2 sizes x 2 colours, plus the option-less tea pot
+    assert mugs[0]["goal_options"] == {"color": "red", "size": "small"}
+    assert mugs[0]["instruction"].startswith("i want a dishwasher safe mug with color: red, and size: small, and price")
+    # weight: mean over the goal's attributes of 1 / (goals naming it): "dishwasher safe" in 5, "glass" in 1
+    assert mugs[0]["weight"] == pytest.approx(1 / 5)
+    pot = next(g for g in goals if g["asin"] == "B0SYN00002")
+    assert pot["weight"] == pytest.approx((1 / 5 + 1) / 2)
+    env = WebShopEnv(data_dir=directory, goals="synthetic", split="test")
+    drawn = [env.reset(s).info["task"] for s in range(200)]
+    assert drawn == [env.reset(s).info["task"] for s in range(200)]  # seeded
+    share = sum(t.startswith("i want a glass tea pot") for t in drawn) / len(drawn)
+    assert 0.3 < share < 0.56  # weight 0.6 against 4 x 0.2: 0.6 / 1.4 = 0.43
+    assert env.reset(0).info["catalog"] == "real"
+    with pytest.raises(ValueError, match="goals=synthetic"):
+        _ = WebShopEnv(split="test", goals="synthetic", cache_dir=tmp_path / "cache").goals
+
+
+def test_option_match_normalises_colours_and_rounds_the_fuzzy_ratio():
+    from gigpo.envs.webshop.reward import normalize_color, option_matches, ratio
+
+    assert normalize_color("light greyish") == "grey" and normalize_color("seafoam") == "seafoam"
+    assert option_matches(["light greyish"], ["grey"]) == 1  # a plain fuzzy ratio would say no
+    assert ratio("light greyish", "grey") <= 85
+    assert ratio("X-Large", "x large") == 100 and isinstance(ratio("a b", "a c"), int)
+    assert option_matches(["x-large"], ["X Large"]) == 1
+
+
+def test_attribute_match_checks_title_bullets_and_description_separately():
+    from gigpo.envs.webshop.reward import attribute_matches
+
+    product = {"name": "Acme Bar Gluten", "bullets": ["free of nuts"], "description": "", "attributes": []}
+    assert attribute_matches(product, ["gluten free"]) == 0  # "gluten" + "free" only across the seam
+    assert attribute_matches({**product, "bullets": ["gluten free recipe"]}, ["gluten free"]) == 1
+
+
+def test_type_reward_counts_goal_nouns_as_a_list_and_reports_its_source(env):
+    from gigpo.envs.webshop.reward import title_nouns, type_reward_source
+
+    goal = {"name": "bar bar bar bar bar bar bar bar bar protein", "product_category": "X", "query": "q1"}
+    product = {"name": "protein powder", "product_category": "Y", "query": "q2"}
+    if type_reward_source() == "heuristic":
+        assert title_nouns(goal["name"]).count("bar") == 9
+        # 1 shared noun / 10 goal nouns = 0.1: not > 0.2 -> 0.5 (a set would give 1/2 -> 1.0)
+        assert type_reward(product, goal) == 0.5
+    source = env.reset(0).info["type_reward"]
+    assert source == type_reward_source() and (source == "heuristic" or source.startswith("spacy:"))
+
+
+def test_search_stems_and_keeps_short_tokens_and_numbers(tmp_path):
+    from gigpo.envs.webshop.search import SearchIndex
+
+    products = [_product("B0S0000001", "usb a cable"), _product("B0S0000002", "usb c cable"),
+                _product("B0S0000003", "protein bar 3 ounce"), _product("B0S0000004", "protein shake 12 ounce")]
+    index = SearchIndex(load_catalog(_write(tmp_path / "d", products, {}, {
+        "B0S0000001": [{"instruction": "x", "instruction_attributes": ["y"]}]})))
+    assert index.search("usb c")[0] == "B0S0000002"
+    assert index.search("protein bars")[0] == "B0S0000003"  # "bars" stems to "bar"
+    assert index.search("3 ounces")[0] == "B0S0000003"
+    assert index.search("zzzz") == ()
+
+
+def test_attributes_page_behind_show_attrs_and_catalog_label(cache_dir):
+    env = WebShopEnv(split="test", cache_dir=cache_dir, show_attrs=True)
+    step = env.reset(0)
+    assert step.info["catalog"] == "synthetic"
+    env.step(f"search[{env.goal['query']}]")
+    item = env.step(f"click[{env.page_asins()[0]}]")
+    assert "click[attributes]" in item.admissible and "Attributes" in item.observation
+
+
+def test_training_goals_come_in_a_seeded_random_order(cache_dir):
+    train = WebShopEnv(split="train", cache_dir=cache_dir)
+    goals = [train.reset(s).info["task"] for s in range(20)]
+    in_order = [g["instruction"] for g in train.goals[:20]]
+    assert goals != in_order and goals == [WebShopEnv(split="train", cache_dir=cache_dir).reset(s).info["task"]
+                                           for s in range(20)]
+    assert sorted(train.order) == list(range(len(train.goals)))
+    test = WebShopEnv(split="test", cache_dir=cache_dir)
+    assert test.reset(7).info["task"] == test.goals[7]["instruction"]  # test goals keep the benchmark's order

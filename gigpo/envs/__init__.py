@@ -9,6 +9,8 @@ import importlib
 from types import ModuleType
 
 from gigpo.envs.base import Step, TextEnv
+from gigpo.envs.prompts import PROJECTIONS, View, load_template
+from gigpo.envs.prompts import project_action as project_action_strict
 
 # name -> "module:Class". The module also holds the env's prompt template and action projection.
 ENVS: dict[str, str] = {
@@ -32,4 +34,28 @@ def make(name: str, **options) -> TextEnv:
     return cls(**options)
 
 
-__all__ = ["ENVS", "Step", "TextEnv", "env_module", "make"]
+def projection(name: str, mode: str):
+    """The ``(response, admissible) -> (action, valid)`` function of env ``name`` for
+    ``env.projection=mode``: "paper" is the env module's ``project_action`` (the paper code's
+    format-only rules), "strict" the shared ``prompts.project_action`` (tags + admissible)."""
+    if mode not in PROJECTIONS:
+        raise ValueError(f"env.projection={mode!r} is not one of {list(PROJECTIONS)}")
+    if mode == "strict":
+        return project_action_strict
+    module = env_module(name)
+    if not hasattr(module, "project_action"):
+        raise ValueError(f"env.projection=paper: environment {name!r} has no paper projection; use strict")
+    return module.project_action
+
+
+def render_prompt(env_cfg, view: View) -> str:
+    """The policy's prompt for ``view`` under ``env_cfg`` (compact_prompt, prompt_template,
+    prompt_template_first): a template file replaces the env module's built-in templates at every
+    step, except at steps without history when a ``prompt_template_first`` file is given too."""
+    module = env_module(env_cfg.name)
+    template = load_template(env_cfg.prompt_template) if getattr(env_cfg, "prompt_template", None) else None
+    first = load_template(env_cfg.prompt_template_first) if getattr(env_cfg, "prompt_template_first", None) else None
+    return module.render_prompt(view, env_cfg.compact_prompt, template=template, template_first=first)
+
+
+__all__ = ["ENVS", "Step", "TextEnv", "env_module", "make", "projection", "render_prompt"]

@@ -10,9 +10,14 @@ are the templates those embedded copies were generated from. The env is wrapped 
 
 Deliberate choices:
 
-- The observation drops the "-= Welcome to TextWorld, ALFRED! =-" banner and the "Your task is
-  to: ..." sentence; the task goes to ``info["task"]`` and the prompt shows it once.
+- The first observation is the engine's raw reset text, as in the paper code: the
+  "-= Welcome to TextWorld, ALFRED! =-" banner, the room and the "Your task is to: ..." sentence
+  are kept; the task is also parsed into ``info["task"]`` for the prompt's history template.
 - The anchor is the current observation text, no history (as the paper does for ALFWorld).
+- On the train split ``reset(seed)`` plays game ``order[seed % n]``, ``order`` a fixed
+  permutation of the sorted games drawn with ``shuffle_seed``: consecutive seeds (one training
+  iteration) see games of mixed task types, and every game comes once per cycle of n seeds.
+  Validation splits keep the sorted order (validation draws its seeds at random itself).
 - ``admissible`` is the engine's full admissible list, "look", "inventory" and "examine ..."
   included.
 - An action that is not admissible is still passed to the engine, which answers
@@ -27,11 +32,12 @@ episodes, resets included (the data README reports 6-8 steps/s); two worker proc
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from gigpo.data import GAMES_FOLDER, alfworld_data_dir
 from gigpo.envs.base import Step
-from gigpo.envs.prompts import View, render
+from gigpo.envs.prompts import View, project_tagged, render_env
 
 # Env split name -> folder under json_2.1.1.
 SPLITS = {"train": "train", "eval_in_distribution": "valid_seen", "eval_out_of_distribution": "valid_unseen"}
@@ -49,20 +55,37 @@ TASK_TYPES = {
 BANNER = "-= Welcome to TextWorld, ALFRED! =-"
 TASK_MARKER = "Your task is to: "
 
-PROMPT = """You are an expert agent operating in the ALFRED embodied household environment.
-Your task is to: {task}
+# Characters of an untagged answer sent to the engine (the paper code's fallback).
+UNTAGGED_TAIL_CHARS = 30
 
-Your last steps:
-{history}
+# The paper code's prompt structure (verl-agent, prompts/alfworld.py) in this project's words:
+# a no-history template over the raw reset text at step 0, then a template with the task, the
+# step count, the numbered history and the current observation. Field names: prompts.FIELDS.
+PROMPT_FIRST = """You are an expert agent acting in ALFRED, a text-based embodied household environment.
+Your current observation is: {current_observation}
+The admissible actions in this situation are: [{admissible_actions}].
 
-You are now at step {step} and your current observation is:
-{observation}
+It is your turn to act. First think step by step about the current situation, and enclose that reasoning within <think> </think> tags.
+Then choose one admissible action for this step and enclose it within <action> </action> tags.
+"""
 
-Your admissible actions are: {admissible}
+PROMPT = """You are an expert agent acting in ALFRED, a text-based embodied household environment. Your task is to: {task_description}
+Prior to this step, you have already taken {step_count} step(s). Here are your last {history_length} observations and the action you took after each: {action_history}
+You are now at step {current_step} and your current observation is: {current_observation}
+The admissible actions in this situation are: [{admissible_actions}].
 
-Reason step by step about the current situation inside <think>...</think>, then choose exactly one admissible action and give it inside <action>...</action>."""
+It is your turn to act. First think step by step about the current situation, and enclose that reasoning within <think> </think> tags.
+Then choose one admissible action for this step and enclose it within <action> </action> tags.
+"""
 
-COMPACT_PROMPT = "task: {task}\nobs: {observation}\nactions: {admissible}\n"
+COMPACT_PROMPT = "task: {task}\nlast: {recent_actions}\nobs: {observation}\nactions: {admissible}\n"
+
+
+def project_action(response: str, admissible: list[str]) -> tuple[str, bool]:
+    """``env.projection=paper``: the paper code's ALFWorld projection (``prompts.project_tagged``):
+    lower-cased text of the first ``<action>`` pair, valid iff tagged, with ``<think>``/``</think>``
+    and no CJK; ``admissible`` is not consulted (the engine answers "Nothing happens.")."""
+    return project_tagged(response, UNTAGGED_TAIL_CHARS)
 
 
 def task_type(game_file: Path) -> str:
@@ -86,14 +109,14 @@ def list_games(data_dir: Path, split: str) -> list[Path]:
 
 
 def split_intro(feedback: str) -> tuple[str, str]:
-    """(observation, task) of the first observation: banner removed, task sentence cut out."""
+    """(room text, task) of the first observation: banner removed, task sentence cut out."""
     text = feedback.replace(BANNER, "").strip()
     observation, _, task = text.partition(TASK_MARKER)
     return observation.strip(), task.strip()
 
 
 class AlfWorldEnv:
-    """One ALFWorld game at a time; ``reset(seed)`` plays game ``seed % len(games)``.
+    """One ALFWorld game at a time; ``reset(seed)`` plays game ``order[seed % len(games)]``.
 
     split:          ``train``, ``eval_in_distribution`` (valid_seen) or
                     ``eval_out_of_distribution`` (valid_unseen).
@@ -101,6 +124,8 @@ class AlfWorldEnv:
     max_steps:      step limit of an episode.
     success_reward: reward of the winning step.
     num_games:      use only the first ``num_games`` games of the sorted list (None: all).
+    shuffle_seed:   train split: seed of the fixed game permutation ``order``; None (and the
+                    validation splits): ``order`` is the sorted list.
     """
 
     def __init__(
@@ -110,8 +135,12 @@ class AlfWorldEnv:
         max_steps: int = 50,
         success_reward: float = 10.0,
         num_games: int | None = None,
+        shuffle_seed: int | None = 0,
     ):
         self.games = list_games(alfworld_data_dir(data_dir), split)[:num_games]
+        self.order = list(range(len(self.games)))
+        if split == "train" and shuffle_seed is not None:
+            random.Random(shuffle_seed).shuffle(self.order)
         self.split = split
         self.max_steps = max_steps
         self.success_reward = success_reward
@@ -150,10 +179,11 @@ class AlfWorldEnv:
         )
 
     def reset(self, seed: int) -> Step:
-        game_file = self.games[seed % len(self.games)]
+        game_file = self.games[self.order[seed % len(self.games)]]
         self._load(game_file)
         state = self._engine.reset()
-        observation, self._task = split_intro(state.feedback)
+        observation = state.feedback.strip()
+        self._task = split_intro(state.feedback)[1]
         self._task_type = task_type(game_file)
         self._admissible = list(state["admissible_commands"])
         self.steps = 0
@@ -178,6 +208,7 @@ class AlfWorldEnv:
             self._loaded = None
 
 
-def render_prompt(view: View, compact: bool) -> str:
-    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT``."""
-    return render(COMPACT_PROMPT if compact else PROMPT, view)
+def render_prompt(view: View, compact: bool, template: str | None = None, template_first: str | None = None) -> str:
+    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT_FIRST``
+    without history and ``PROMPT`` with it; ``template``/``template_first`` override them."""
+    return render_env(view, compact, template, template_first, PROMPT, PROMPT_FIRST, COMPACT_PROMPT)

@@ -28,7 +28,7 @@ from collections import deque
 import numpy as np
 
 from gigpo.envs.base import Step
-from gigpo.envs.prompts import View, render
+from gigpo.envs.prompts import View, render_env
 
 ACTIONS: dict[str, tuple[int, int]] = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 
@@ -47,7 +47,7 @@ Admissible actions: {admissible}
 
 Think about the shortest way to the goal inside <think>...</think>, then give exactly one action inside <action>...</action>."""
 
-COMPACT_PROMPT = "task: move P to G\nstate:\n{observation}\nactions: up, down, left, right\n"
+COMPACT_PROMPT = "task: move P to G\nlast: {recent_actions}\nstate:\n{observation}\nactions: up, down, left, right\n"
 
 
 def bfs_distances(walls: np.ndarray, start: tuple[int, int]) -> dict[tuple[int, int], int]:
@@ -137,9 +137,10 @@ class GridNavEnv:
         """Nothing to release."""
 
 
-def render_prompt(view: View, compact: bool) -> str:
-    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT``."""
-    return render(COMPACT_PROMPT if compact else PROMPT, view)
+def render_prompt(view: View, compact: bool, template: str | None = None, template_first: str | None = None) -> str:
+    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT``;
+    ``template``/``template_first`` (user files) override them."""
+    return render_env(view, compact, template, template_first, PROMPT, None, COMPACT_PROMPT)
 
 
 def random_success(distance: int, episodes: int, size: int = 7, wall_density: float = 0.3, seed: int = 0,

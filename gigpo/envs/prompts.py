@@ -1,19 +1,51 @@
 """Prompt rendering and action projection shared by every environment.
 
 The policy answers in the paper's format ``<think>...</think><action>...</action>``. A prompt is
-a ``str.format`` template with the fields ``task``, ``history``, ``observation``,
-``admissible`` and ``step``; each env module defines its own ``PROMPT`` (for instruct models)
-and ``COMPACT_PROMPT`` (short, for tiny models without a chat template).
+a ``str.format`` template; each env module defines its own ``PROMPT`` (for instruct models),
+optionally a ``PROMPT_FIRST`` used while there is no history yet (step 0, or history_len 0),
+and ``COMPACT_PROMPT`` (short, for tiny models without a chat template). Fields (``FIELDS``):
+
+  task                 instruction text
+  observation          current observation text
+  step                 0-based index of the current step
+  history              the project's history form: "[step k] observation: ... action: ..." lines
+  recent_actions       short history: the last actions, comma-separated, "(none)" when empty
+  admissible           admissible actions, comma-separated
+  task_description     = task (the paper code's name)
+  current_observation  = observation
+  step_count           steps already taken (= step)
+  current_step         1-based number of the current step (= step + 1)
+  history_length       number of (observation, action) pairs shown
+  action_history       "[Observation k: '...', Action k: '...']" lines, k counted from 1
+  admissible_actions   admissible actions quoted one per line, "help" left out
+  available_actions    = admissible_actions (the name verl-agent's WebShop template uses)
+
+The second group carries the field names of verl-agent's prompt templates, so a template file
+copied from the paper code works with ``env.prompt_template=PATH`` unchanged.
+
+Projection (``env.projection``) turns the model's answer into an env action: ``paper`` follows
+the paper code (format-only validity, see ``project_tagged``); ``strict`` (``project_action``)
+also requires an admissible action.
 """
 
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 _ACTION_TAG = re.compile(r"<action>(.*?)</action>", re.DOTALL | re.IGNORECASE)
 # An admissible entry like "search[<your query>]" is a template: any non-empty "search[...]" fits it.
 _TEMPLATE = re.compile(r"^(\w+)\[<[^<>]*>\]$")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+PROJECTIONS = ("paper", "strict")
+FIELDS = frozenset({"task", "observation", "step", "history", "recent_actions", "admissible",
+                    "task_description", "current_observation", "step_count", "current_step",
+                    "history_length", "action_history", "admissible_actions", "available_actions"})
+HISTORY_FIELDS = frozenset({"history", "recent_actions", "action_history"})
 
 
 @dataclass
@@ -53,15 +85,92 @@ def format_history(history: list[tuple[str, str]], first_step: int) -> str:
     return "\n".join(lines)
 
 
-def render(template: str, view: View) -> str:
-    """Fill ``template`` (fields: task, history, observation, admissible, step) from ``view``."""
+def format_action_history(history: list[tuple[str, str]], first_step: int) -> str:
+    """The paper code's history form: one "[Observation k: '...', Action k: '...']" line per
+    pair, k counted from 1 (``first_step`` is the 0-based step of the oldest pair)."""
+    return "\n".join(f"[Observation {first_step + i + 1}: '{observation}', Action {first_step + i + 1}: '{action}']"
+                     for i, (observation, action) in enumerate(history))
+
+
+def format_admissible(admissible: list[str]) -> str:
+    """Admissible actions quoted, one per line, without "help" (as the paper code lists them)."""
+    return "\n ".join(f"'{action}'" for action in admissible if action != "help")
+
+
+def render(template: str, view: View, admissible_format=format_admissible) -> str:
+    """Fill ``template`` (any of ``FIELDS``) from ``view``; ``admissible_format`` writes the
+    ``admissible_actions`` field."""
+    first_step = view.step - len(view.history)
     return template.format(
         task=view.task,
-        history=format_history(view.history, view.step - len(view.history)),
+        history=format_history(view.history, first_step),
         observation=view.observation,
         admissible=", ".join(view.admissible) if view.admissible else "(any)",
         step=view.step,
+        recent_actions=", ".join(action for _, action in view.history) or "(none)",
+        task_description=view.task,
+        current_observation=view.observation,
+        step_count=view.step,
+        current_step=view.step + 1,
+        history_length=len(view.history),
+        action_history=format_action_history(view.history, first_step),
+        admissible_actions=admissible_format(view.admissible),
+        available_actions=admissible_format(view.admissible),
     )
+
+
+def render_pair(view: View, template: str, template_first: str | None, admissible_format=format_admissible) -> str:
+    """``template_first`` while the view has no history (step 0, or history_len 0), else ``template``."""
+    chosen = template_first if template_first is not None and not view.history else template
+    return render(chosen, view, admissible_format)
+
+
+def render_env(view: View, compact: bool, template: str | None, template_first: str | None,
+               prompt: str, prompt_first: str | None, compact_prompt: str, admissible_format=format_admissible) -> str:
+    """An env's prompt: user ``template``/``template_first`` (files) override the module's
+    ``prompt``/``prompt_first`` (instruct models) or ``compact_prompt`` (tiny models)."""
+    if template is None:
+        template = compact_prompt if compact else prompt
+        if template_first is None and not compact:
+            template_first = prompt_first
+    return render_pair(view, template, template_first, admissible_format)
+
+
+def template_fields(template: str) -> set[str]:
+    """The ``str.format`` field names used in ``template``."""
+    return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+@lru_cache(maxsize=32)
+def load_template(path: str) -> str:
+    """A prompt template file; raises ValueError naming unknown fields (see ``FIELDS``)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"prompt template {path!r} does not exist")
+    text = file.read_text()
+    unknown = template_fields(text) - FIELDS
+    if unknown:
+        raise ValueError(f"prompt template {path}: unknown fields {sorted(unknown)}; known: {sorted(FIELDS)}")
+    return text
+
+
+def project_tagged(response: str, tail_chars: int) -> tuple[str, bool]:
+    """The paper code's projection (verl-agent's ALFWorld/WebShop ``projection``): ``(action, valid)``.
+
+    The answer is lower-cased; the action is the text between the first ``<action>`` and the
+    first ``</action>``, stripped (empty when ``</action>`` comes first, as there). Valid iff both
+    tags occur, ``<think>`` and ``</think>`` occur (case-sensitive, in the raw answer) and the
+    answer holds no CJK character. Admissibility is not checked: the env receives the action
+    either way. Without the tag pair the last ``tail_chars`` characters are sent and the step is
+    invalid (ALFWorld 30, WebShop 20 in the paper code).
+    """
+    lowered = response.lower()
+    start, end = lowered.find("<action>"), lowered.find("</action>")
+    if start < 0 or end < 0:
+        return lowered[-tail_chars:], False
+    action = lowered[start + len("<action>"):end].strip()
+    valid = "<think>" in response and "</think>" in response and not _CJK.search(response)
+    return action, valid
 
 
 def project_action(text: str, admissible: list[str]) -> tuple[str, bool]:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gigpo.envs.base import Step
-from gigpo.envs.prompts import View, render
+from gigpo.envs.prompts import View, render_env
 
 ACTIONS: dict[str, tuple[int, int]] = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 
@@ -62,7 +62,7 @@ Admissible actions: {admissible}
 
 Think about where the boxes must go inside <think>...</think>, then give exactly one action inside <action>...</action>."""
 
-COMPACT_PROMPT = "task: push X onto O\nstate:\n{observation}\nactions: up, down, left, right\n"
+COMPACT_PROMPT = "task: push X onto O\nlast: {recent_actions}\nstate:\n{observation}\nactions: up, down, left, right\n"
 
 # (dim, num_boxes, gen_steps, min_solution_steps, max_steps) of the two presets.
 EASY_PRESET = (5, 1, 2, 2, 8)
@@ -333,6 +333,7 @@ class SokobanEnv:
         """Nothing to release."""
 
 
-def render_prompt(view: View, compact: bool) -> str:
-    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT``."""
-    return render(COMPACT_PROMPT if compact else PROMPT, view)
+def render_prompt(view: View, compact: bool, template: str | None = None, template_first: str | None = None) -> str:
+    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT``;
+    ``template``/``template_first`` (user files) override them."""
+    return render_env(view, compact, template, template_first, PROMPT, None, COMPACT_PROMPT)

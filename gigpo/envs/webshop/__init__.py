@@ -7,29 +7,77 @@ actions and anchors and ``reward.py`` for the score.
 
 from __future__ import annotations
 
-from gigpo.envs.prompts import View, render
-from gigpo.envs.webshop.env import SEARCH_ACTION, WebShopEnv
+from dataclasses import replace
 
-PROMPT = """You are an expert autonomous agent shopping on WebShop. Your task: {task}
-Search for products, open one, choose the options the task asks for (size, color, flavor, ...) and buy it with "click[buy now]". It must match the task's attributes, options and price limit.
+from gigpo.envs.prompts import View, project_tagged, render_env
+from gigpo.envs.webshop.env import SEARCH_ACTION, SEP, WebShopEnv
 
-Your last steps:
-{history}
+# Characters of an untagged answer sent to the env (the paper code's WebShop fallback; the env
+# then finds no action in them).
+UNTAGGED_TAIL_CHARS = 20
 
-Current page (step {step}):
-{observation}
+# The paper code's prompt structure (verl-agent, prompts/webshop.py) in this project's words:
+# a no-history template at step 0, then one with the step count and the numbered history.
+PROMPT_FIRST = """You are an expert autonomous shopping agent in WebShop, a text-based e-commerce environment.
+Your task is to: {task_description}.
+Your current observation is: {current_observation}.
+The admissible actions in this situation are:
+[
+{admissible_actions}
+].
 
-Admissible actions: {admissible}
-("search[<your query>]" means search[...] with a query you write.)
+It is your turn to take one action for this step.
+First think step by step about the current situation and about which admissible action best serves the shopping goal; enclose that reasoning within <think> </think> tags.
+Then choose one admissible action for this step and enclose it within <action> </action> tags ("search[<your query>]" means search[...] with a query you write)."""
 
-Think about which product and options fit the task inside <think>...</think>, then give exactly one action inside <action>...</action>, e.g. <action>search[gluten free protein bar]</action> or <action>click[buy now]</action>."""
+PROMPT = """You are an expert autonomous shopping agent in WebShop, a text-based e-commerce environment.
+Your task is to: {task_description}.
+Prior to this step, you have already taken {step_count} step(s). Here are your last {history_length} observations and the action you took after each: {action_history}
+You are now at step {current_step} and your current observation is: {current_observation}.
+The admissible actions in this situation are:
+[
+{admissible_actions}
+].
 
-COMPACT_PROMPT = "task: {task}\npage: {observation}\nactions: {admissible}\naction:"
+It is your turn to take one action for this step.
+First think step by step about the current situation and about which admissible action best serves the shopping goal; enclose that reasoning within <think> </think> tags.
+Then choose one admissible action for this step and enclose it within <action> </action> tags ("search[<your query>]" means search[...] with a query you write)."""
+
+COMPACT_PROMPT = "task: {task}\nlast: {recent_actions}\npage: {observation}\nactions: {admissible}\naction:"
 
 
-def render_prompt(view: View, compact: bool) -> str:
-    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT``."""
-    return render(COMPACT_PROMPT if compact else PROMPT, view)
+def paper_page(observation: str, task: str) -> str:
+    """The page as the paper code shows it: the parts after the instruction, each quoted,
+    joined by " [SEP] " (the whole page when the instruction is not found)."""
+    parts = observation.split(SEP)
+    if task not in parts:
+        return observation
+    return SEP.join(f"'{part}'" for part in parts[parts.index(task) + 1:])
+
+
+def paper_admissible(admissible: list[str]) -> str:
+    """Admissible actions as the paper code lists them for WebShop: quoted, a comma after each,
+    one per line."""
+    return "\n".join(f"'{action}'," for action in admissible)
+
+
+def project_action(response: str, admissible: list[str]) -> tuple[str, bool]:
+    """``env.projection=paper``: the paper code's WebShop projection (``prompts.project_tagged``):
+    format-only validity (tags, <think></think>, no CJK); ``admissible`` is not consulted."""
+    return project_tagged(response, UNTAGGED_TAIL_CHARS)
+
+
+def render_prompt(view: View, compact: bool, template: str | None = None, template_first: str | None = None) -> str:
+    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT_FIRST``
+    without history and ``PROMPT`` with it; ``template``/``template_first`` override them. Full
+    prompts show pages (current and in the history) as ``paper_page`` and actions as
+    ``paper_admissible``, as the paper code does."""
+    if compact and template is None:
+        return render_env(view, compact, None, None, PROMPT, PROMPT_FIRST, COMPACT_PROMPT)
+    paper_view = replace(view, observation=paper_page(view.observation, view.task),
+                         history=[(paper_page(o, view.task), a) for o, a in view.history])
+    return render_env(paper_view, compact, template, template_first, PROMPT, PROMPT_FIRST, COMPACT_PROMPT,
+                      admissible_format=paper_admissible)
 
 
 def decodable_actions(view: View) -> list[str]:
@@ -40,4 +88,5 @@ def decodable_actions(view: View) -> list[str]:
     return [f"search[{query}]" if a == SEARCH_ACTION else a for a in view.admissible]
 
 
-__all__ = ["COMPACT_PROMPT", "PROMPT", "WebShopEnv", "decodable_actions", "render_prompt"]
+__all__ = ["COMPACT_PROMPT", "PROMPT", "PROMPT_FIRST", "WebShopEnv", "decodable_actions", "project_action",
+           "render_prompt"]

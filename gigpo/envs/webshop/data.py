@@ -15,20 +15,34 @@ Normalised records (plain dicts, read by ``reward.webshop_score`` and the env):
 - goal: asin, instruction, attributes, goal_options, price_upper, name, category, query,
   product_category.
 
-As in the benchmark (``get_human_goals``): a range price buys at its lower bound; the goal's
-price bound is the larger of two distinct draws from the first four multiples of $10 above the
-product price, appended to the instruction as ", and price lower than X dollars"; goals are
-shuffled with seed 233. Python's draw order differs from the benchmark's, so goal indices and
-bounds do not coincide with the original ones. Splits follow the GiGPO/verl-agent setup: goals
-0-499 are ``test``, the rest ``train`` (the benchmark's ``dev`` split, 500-1499, is inside
+Human goals, in the benchmark's order (``get_human_goals`` then one shuffle): products in
+product-file order (first record of each asin; asins "nan" or longer than 10 characters
+skipped, as its ``load_products`` does), each product's instructions in file order,
+instructions without attributes skipped, then one ``random.Random(233).shuffle``. The shuffle's
+permutation depends only on the number of goals, so with the real files goal i is the
+benchmark's goal i and "goals 0-499" are its test goals. The price bound (drawn on its own
+generator, so the shuffle is untouched) is the larger of two distinct draws from the first four
+multiples of $10 above the product price, appended to the instruction as ", and price lower
+than X dollars"; a range price buys at its lower bound. Bounds therefore differ from the
+benchmark's (its draws come from the process-wide ``random`` state, and a range price is drawn
+uniformly), the instructions and their order do not. Splits follow the GiGPO/verl-agent setup:
+goals 0-499 are ``test``, the rest ``train`` (the benchmark's ``dev`` split, 500-1499, is inside
 ``train``; it is exposed as ``dev`` too).
+
+Synthetic goals (``synthetic_goals``, the benchmark's ``get_synthetic_goals``): for every
+product whose attribute-file entry has an ``instruction`` and ``instruction_attributes``, one
+goal per combination of its option values (option types sorted), instruction
+"<instruction> with type: value, and type: value<price text>", weighted by the mean over its
+attributes of 1 / (goals naming that attribute); drawn at random with those weights.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +51,7 @@ ATTRIBUTE_FILES = ("items_ins_v2_1000.json", "items_ins_v2.json")
 INSTRUCTION_FILE = "items_human_ins.json"
 SPLITS = {"test": (0, 500), "dev": (500, 1500), "train": (500, None)}
 GOAL_SHUFFLE_SEED = 233
+PRICE_DRAW_SEED = 0
 
 _catalogs: dict[str, "Catalog"] = {}
 
@@ -49,6 +64,14 @@ class Catalog:
         self.products = products
         self.by_asin = {p["asin"]: p for p in products}
         self.goals = goals
+        self._synthetic: list[dict] | None = None
+
+    @property
+    def synthetic(self) -> list[dict]:
+        """The generated template goals (``synthetic_goals``), built on first use."""
+        if self._synthetic is None:
+            self._synthetic = synthetic_goals(self.products)
+        return self._synthetic
 
     def split(self, name: str) -> list[dict]:
         """The goals of split ``name`` (test: 0-499, dev: 500-1499, train: 500-)."""
@@ -141,12 +164,53 @@ def _product(record: Any, index: int, attributes: dict, path: Path, attr_path: P
         "price_tag": price_tag,
         "options": options,
         "attributes": entry.get("attributes", []),
+        "instruction": entry.get("instruction") if isinstance(entry.get("instruction"), str) else None,
+        "instruction_attributes": entry.get("instruction_attributes") or [],
     }
 
 
 def _price_upper(price: float, rng: random.Random) -> float | None:
     above = [10.0 * i for i in range(1, 100) if 10.0 * i > price][:4]
     return max(rng.sample(above, 2)) if len(above) >= 2 else None
+
+
+def _goal(product: dict, instruction: str, attributes: list[str], goal_options, upper: float | None) -> dict:
+    price_text = f", and price lower than {upper:.2f} dollars" if upper is not None else ""
+    return {
+        "asin": product["asin"],
+        "instruction": instruction.strip().strip(".") + price_text,
+        "attributes": attributes,
+        "goal_options": goal_options,
+        "price_upper": upper if upper is not None else 1e6,
+        "name": product["name"],
+        "category": product["category"],
+        "query": product["query"],
+        "product_category": product["product_category"],
+    }
+
+
+def synthetic_goals(products: list[dict]) -> list[dict]:
+    """The benchmark's generated goals over ``products`` (see the module docstring), each with
+    a ``weight``; raises ValueError when no product has an instruction template."""
+    rng = random.Random(PRICE_DRAW_SEED)
+    goals = []
+    for product in products:
+        if not product.get("instruction") or not product.get("instruction_attributes"):
+            continue
+        upper = _price_upper(product["price"], rng)
+        names = sorted(product["options"])
+        for values in itertools.product(*(product["options"][name] for name in names)):
+            goal_options = dict(zip(names, values))
+            options_text = ", and ".join(f"{k}: {v}" for k, v in goal_options.items())
+            text = product["instruction"].strip().strip(".") + (f" with {options_text}" if options_text else "")
+            goals.append(_goal(product, text, list(product["instruction_attributes"]), goal_options, upper))
+    if not goals:
+        raise ValueError("env.goals=synthetic: no product has 'instruction' and 'instruction_attributes' in the "
+                         "attribute file (items_ins_v2*.json); the generated catalog has none: use goals=human")
+    counts = Counter(att for goal in goals for att in goal["attributes"])
+    for goal in goals:
+        goal["weight"] = sum(1.0 / counts[att] for att in goal["attributes"]) / len(goal["attributes"])
+    return goals
 
 
 def _load(data_dir: Path) -> Catalog:
@@ -161,20 +225,20 @@ def _load(data_dir: Path) -> Catalog:
     products, seen = [], set()
     for i, record in enumerate(raw_products):
         product = _product(record, i, attributes, product_path, attr_path)
+        if product["asin"] == "nan" or len(product["asin"]) > 10:
+            continue  # the benchmark's loader skips these records
         if product["asin"] not in seen:
             seen.add(product["asin"])
             products.append(product)
     by_asin = {p["asin"]: p for p in products}
 
-    rng = random.Random(GOAL_SHUFFLE_SEED)
-    goals = []
     for asin, records in instructions.items():
         _need(isinstance(records, list), ins_path, f"asin {asin}", "must be a list of instructions")
-        if asin not in by_asin:
-            continue  # the benchmark also drops instructions of products outside the catalog
-        product = by_asin[asin]
-        for j, rec in enumerate(records):
-            where = f"asin {asin} instruction {j}"
+    price_rng = random.Random(PRICE_DRAW_SEED)
+    goals = []
+    for product in products:  # the benchmark walks products in file order
+        for j, rec in enumerate(instructions.get(product["asin"], [])):
+            where = f"asin {product['asin']} instruction {j}"
             _need(isinstance(rec, dict) and isinstance(rec.get("instruction"), str), ins_path, where,
                   "field 'instruction' must be a string")
             _need(_is_str_list(rec.get("instruction_attributes", [])), ins_path, where,
@@ -184,19 +248,10 @@ def _load(data_dir: Path) -> Catalog:
                 goal_options = list(goal_options.values())
             _need(_is_str_list(goal_options), ins_path, where,
                   "field 'instruction_options' must be a list of strings or an object of strings")
-            upper = _price_upper(product["price"], rng)
-            price_text = f", and price lower than {upper:.2f} dollars" if upper is not None else ""
-            goals.append({
-                "asin": asin,
-                "instruction": rec["instruction"].strip().strip(".") + price_text,
-                "attributes": rec.get("instruction_attributes", []),
-                "goal_options": goal_options,
-                "price_upper": upper if upper is not None else 1e6,
-                "name": product["name"],
-                "category": product["category"],
-                "query": product["query"],
-                "product_category": product["product_category"],
-            })
+            if not rec.get("instruction_attributes"):
+                continue  # the benchmark skips instructions without attributes
+            upper = _price_upper(product["price"], price_rng)
+            goals.append(_goal(product, rec["instruction"], rec["instruction_attributes"], goal_options, upper))
     _need(bool(goals), ins_path, "top level", "no instruction refers to a product of the catalog")
-    rng.shuffle(goals)
+    random.Random(GOAL_SHUFFLE_SEED).shuffle(goals)
     return Catalog(str(data_dir), products, goals)

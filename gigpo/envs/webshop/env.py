@@ -4,12 +4,14 @@ Pages: search -> results (top 50 BM25 hits, 10 per page, ``Next >`` / ``< Prev``
 (option values grouped by option type, ``Description`` / ``Features`` / ``Reviews`` /
 ``Attributes`` sub-pages, ``Buy Now``) -> ``Buy Now`` ends the episode with the purchase score.
 Every page shows the instruction first and is flattened with `` [SEP] `` like the benchmark's
-text observation; an option the agent chose is shown as ``[clicked button] value [clicked
-button_]`` (the benchmark's text_rich marker).
+text observation (``observation_mode="text"``: no ``[clicked button]`` markers around chosen
+options, those belong to its text_rich mode). The ``Attributes`` sub-page is hidden unless
+``show_attrs`` (the benchmark's default hides it too).
 
-Actions: ``search[query]`` (only on the search page) and ``click[x]`` where x is a button text,
-a product id on the results page or an option value on the item page, case-insensitive.
-Anything else is invalid: ``info["valid"] = False``, the page is unchanged, the step counts.
+Actions: ``search[query]`` (from any page, as the benchmark's text env allows) and ``click[x]``
+where x is a button text, a product id on the results page or an option value on the item page,
+case-insensitive. Anything else is invalid: ``info["valid"] = False``, the page is unchanged,
+the step counts.
 ``admissible`` lists ``click[x]`` for every clickable (lower-cased, as the benchmark's
 ``get_available_actions``) plus the literal ``search[<your query>]`` when there is a search bar;
 the env validates search actions itself, so ``search[anything]`` is accepted there.
@@ -19,10 +21,19 @@ options); the same page reached by different paths has the same anchor.
 
 Reward: ``reward_mode="success"`` gives ``success_reward`` when the score is 1 (else 0);
 ``"score"`` gives ``success_reward * score``. ``won`` is score == 1 (within 1e-6).
+
+Goals: ``goals="human"`` plays the human instructions of ``split``; on the train split seed s
+plays goal ``order[s % n]``, ``order`` a fixed permutation drawn with ``shuffle_seed`` (training
+goals come at random, not in file order); test/dev keep the benchmark's order (validation draws
+its seeds at random itself). ``goals="synthetic"`` draws a generated template goal with the
+benchmark's weights, ``random.Random(seed)`` picking it, for every split (no held-out split).
+``info["catalog"]`` is "synthetic" on the generated catalog and "real" on the benchmark's files;
+``info["type_reward"]`` names the noun finder of the score ("spacy:<pipeline>" or "heuristic").
 """
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +41,13 @@ from pathlib import Path
 from gigpo.envs.base import Step
 from gigpo.envs.webshop.catalog import ensure_catalog
 from gigpo.envs.webshop.data import load_catalog
-from gigpo.envs.webshop.reward import webshop_score
+from gigpo.envs.webshop.reward import type_reward_source, webshop_score
 from gigpo.envs.webshop.search import search_index
 
 SEP = " [SEP] "
 RESULTS_PER_PAGE = 10
 SUB_PAGES = ("description", "features", "reviews", "attributes")
+GOAL_MODES = ("human", "synthetic")
 SEARCH_ACTION = "search[<your query>]"
 _ACTION = re.compile(r"^\s*(search|click)\[(.*)\]\s*$", re.IGNORECASE | re.DOTALL)
 
@@ -62,18 +74,31 @@ class WebShopEnv:
     reward_mode:  "success" (``success_reward`` iff score == 1) or "score" (``success_reward * score``).
     seed:         the generated catalog's seed.
     cache_dir:    root for generated catalogs (default ``$GIGPO_CACHE`` or ``~/.cache/gigpo``).
+    goals:        "human" (instructions, split by index) or "synthetic" (generated, weighted draws).
+    shuffle_seed: train split, human goals: seed of the goal permutation; None: goal order.
+    show_attrs:   show the item page's Attributes sub-page.
     """
 
     def __init__(self, num_products: int = 1000, data_dir: str | Path | None = None, split: str = "train",
                  max_steps: int = 15, reward_mode: str = "success", success_reward: float = 10.0,
-                 seed: int = 0, cache_dir: str | Path | None = None):
+                 seed: int = 0, cache_dir: str | Path | None = None, goals: str = "human",
+                 shuffle_seed: int | None = 0, show_attrs: bool = False):
         if reward_mode not in ("success", "score"):
             raise ValueError(f"reward_mode: expected 'success' or 'score', got {reward_mode!r}")
+        if goals not in GOAL_MODES:
+            raise ValueError(f"goals: expected one of {list(GOAL_MODES)}, got {goals!r}")
         if max_steps < 1:
             raise ValueError(f"max_steps: must be >= 1, got {max_steps}")
         directory = data_dir if data_dir is not None else ensure_catalog(num_products, seed, cache_dir)
         self.catalog = load_catalog(directory)
-        self.goals = self.catalog.split(split)
+        self.catalog_kind = "real" if data_dir is not None else "synthetic"
+        self.goal_mode = goals
+        self.goals = self.catalog.synthetic if goals == "synthetic" else self.catalog.split(split)
+        self.weights = [goal["weight"] for goal in self.goals] if goals == "synthetic" else None
+        self.order = list(range(len(self.goals)))
+        if goals == "human" and split == "train" and shuffle_seed is not None:
+            random.Random(shuffle_seed).shuffle(self.order)
+        self.sub_pages = SUB_PAGES if show_attrs else tuple(p for p in SUB_PAGES if p != "attributes")
         self.index = search_index(self.catalog)
         self.max_steps = max_steps
         self.reward_mode = reward_mode
@@ -88,8 +113,12 @@ class WebShopEnv:
     # ---- protocol -------------------------------------------------------------------------
 
     def reset(self, seed: int) -> Step:
-        """Start goal ``seed mod len(goals)`` on the search page."""
-        self.goal = self.goals[seed % len(self.goals)]
+        """Start goal ``order[seed mod len(goals)]`` (synthetic: a weighted draw seeded by ``seed``)
+        on the search page."""
+        if self.weights is not None:
+            self.goal = random.Random(seed).choices(self.goals, weights=self.weights)[0]
+        else:
+            self.goal = self.goals[self.order[seed % len(self.goals)]]
         self.state = PageState()
         self.steps = 0
         self.done = False
@@ -125,7 +154,7 @@ class WebShopEnv:
         kind, arg = match.group(1).lower(), match.group(2).strip()
         s = self.state
         if kind == "search":
-            if s.page != "search" or not arg or arg == "<your query>":
+            if not arg or arg == "<your query>":
                 return False, ""
             self.state = PageState(page="results", query=arg, page_num=1)
             return True, ""
@@ -162,7 +191,8 @@ class WebShopEnv:
         s = self.state
         anchor = (s.page, s.query, s.page_num, s.asin, s.sub, tuple(sorted(s.options.items())))
         info = {"task": self.goal["instruction"], "task_type": "webshop", "valid": valid, "score": score,
-                "asin": bought, "goal_asin": self.goal["asin"], "steps": self.steps}
+                "asin": bought, "goal_asin": self.goal["asin"], "steps": self.steps,
+                "catalog": self.catalog_kind, "type_reward": type_reward_source()}
         return Step(observation, anchor, admissible, reward, self.done, won, info)
 
     def page_asins(self) -> list[str]:
@@ -202,12 +232,11 @@ class WebShopEnv:
                 for kind, values in product["options"].items():
                     parts.append(kind)
                     for value in values:
-                        chosen = s.options.get(kind) == value
-                        parts.append(f"[clicked button] {value} [clicked button_]" if chosen else value)
+                        parts.append(value)
                         clicks.setdefault(value.lower(), (kind, value))
                 parts += [product["name"], f"Price: {product['price_tag']}", "Rating: N.A.",
-                          "Description", "Features", "Reviews", "Attributes", "Buy Now"]
-                clicks.update({sub: ("sub", sub) for sub in SUB_PAGES})
+                          *(sub.capitalize() for sub in self.sub_pages), "Buy Now"]
+                clicks.update({sub: ("sub", sub) for sub in self.sub_pages})
                 clicks["buy now"] = ("buy", "")
             elif s.sub == "description":
                 parts.append(product["description"] or "None")

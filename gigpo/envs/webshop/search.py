@@ -2,9 +2,10 @@
 
 Each product is indexed by the text the benchmark indexed (``search_engine.py``): title,
 description, first bullet point and "type: v1, v2, and type: ..." option text, lower-cased.
-Scoring is bm25s's Lucene variant with Pyserini's default parameters k1=0.9, b=0.4.
-Deviation: Lucene's English analyzer stems (Porter); here tokens are not stemmed (English stop
-words are removed), so "bars" does not match "bar".
+Scoring is bm25s's Lucene variant with Pyserini's default parameters k1=0.9, b=0.4. Tokens are
+lower-cased, English stop words removed and Porter-stemmed (PyStemmer's "english" stemmer, as
+Lucene's English analyzer stems), so "bars" matches "bar". The splitter keeps one-character tokens
+and numbers ("3 ounce", "usb c", "x-large" -> x, large), which bm25s's default drops.
 
 Indexes are cached per catalog path for the process; query results are cached too, since all
 trajectories of a GiGPO group tend to issue the same searches.
@@ -16,11 +17,14 @@ from functools import lru_cache
 
 import bm25s
 import numpy as np
+import Stemmer
 from bm25s.tokenization import Tokenizer
 
 from gigpo.envs.webshop.data import Catalog
 
 TOP_K = 50
+# Every run of word characters, one-character tokens and numbers included.
+SPLITTER = r"(?u)\b\w+\b"
 _indexes: dict[str, "SearchIndex"] = {}
 
 
@@ -36,8 +40,7 @@ class SearchIndex:
 
     def __init__(self, catalog: Catalog):
         self.asins = [p["asin"] for p in catalog.products]
-        self.tokenizer = Tokenizer(stopwords="en")
-        self.stopwords = frozenset(self.tokenizer.stopwords)
+        self.tokenizer = Tokenizer(splitter=SPLITTER, stopwords="en", stemmer=Stemmer.Stemmer("english"))
         corpus_ids = self.tokenizer.tokenize([product_text(p) for p in catalog.products], return_as="ids",
                                              show_progress=False)
         self.bm25 = bm25s.BM25(method="lucene", k1=0.9, b=0.4)
@@ -45,8 +48,9 @@ class SearchIndex:
         self.search = lru_cache(maxsize=4096)(self._search)
 
     def _search(self, query: str) -> tuple[str, ...]:
-        vocab = self.tokenizer.get_vocab_dict()
-        ids = [vocab[t] for t in self.tokenizer.splitter(query.lower()) if t in vocab and t not in self.stopwords]
+        ids = self.tokenizer.tokenize([query], update_vocab=False, return_as="ids", show_progress=False)[0]
+        empty = self.tokenizer.get_vocab_dict().get("")  # bm25s's id for "no known token"
+        ids = [i for i in ids if i != empty]
         if not ids:
             return ()
         scores = self.bm25.get_scores(ids)  # [num_products]
