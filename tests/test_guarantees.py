@@ -394,3 +394,22 @@ def test_failed_check_leaves_no_folder_and_slashes_never_nest(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     [run_dir] = [p.parent for p in (tmp_path / "runs").rglob("metrics.jsonl")]
     assert run_dir.parent == tmp_path / "runs" / "default" and "model.path=_x_y" in run_dir.name
+
+
+# ---- 8. the environment is pinned ----
+
+def test_constraints_lock_every_dependency_without_local_paths():
+    import re
+    import tomllib
+
+    lines = [line.strip() for line in (ROOT / "constraints.txt").read_text().splitlines()]
+    pins = dict(line.split("==", 1) for line in lines if line and not line.startswith("#"))
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", name) and re.fullmatch(r"[0-9][0-9A-Za-z.!]*", version)
+               for name, version in pins.items()), "only name==version lines (no paths, URLs or local labels)"
+    assert pins["torch"] == "2.13.0"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *(d for extra in ("dev", "alfworld", "scale")
+                                          for d in project["optional-dependencies"][extra])]
+    normal = {re.sub(r"[-_.]+", "-", name).lower() for name in pins}
+    missing = [d for d in wanted if re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ]", d)[0]).lower() not in normal]
+    assert not missing, f"not locked in constraints.txt: {missing}"
