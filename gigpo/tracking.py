@@ -343,7 +343,7 @@ class RunFolder:
         self.checkpoint, self.complete = checkpoint, complete
 
 
-def prepare_run(run_dir: Path, config: dict, resume: bool, overwrite: bool) -> RunFolder:
+def prepare_run(run_dir: Path, config: dict, resume: bool, overwrite: bool, writer: bool = True) -> RunFolder:
     """Decide what to do with ``run_dir`` before anything is built or written.
 
     - no run there: start;
@@ -352,6 +352,7 @@ def prepare_run(run_dir: Path, config: dict, resume: bool, overwrite: bool) -> R
       refuse on any key that changes training (``resume_diff``); a run that already finished
       under it is reported complete; else resume from its checkpoint (or restart, when it was
       killed before its first one).
+    Only the ``writer`` (rank 0 under torchrun) deletes files.
     """
     checkpoint, metrics = run_dir / CHECKPOINT, run_dir / "metrics.jsonl"
     if not (checkpoint.exists() or (metrics.exists() and metrics.stat().st_size > 0)):
@@ -361,6 +362,8 @@ def prepare_run(run_dir: Path, config: dict, resume: bool, overwrite: bool) -> R
             raise FileExistsError(
                 f"{run_dir} already holds a run (metrics.jsonl or {CHECKPOINT}); train.resume=false would wipe "
                 "it: pass train.overwrite=true to delete it and start over, or choose another run_dir")
+        if not writer:
+            return RunFolder()
         log.warning("train.overwrite=true: deleting the run in %s", run_dir)
         import shutil
 

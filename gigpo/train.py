@@ -263,7 +263,7 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
     config = OmegaConf.to_container(cfg, resolve=True)
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run's files
     # ---- run folder: refuse a different config, report a finished run, resume an unfinished one
-    previous = prepare_run(run_dir, config, cfg.train.resume, cfg.train.overwrite)
+    previous = prepare_run(run_dir, config, cfg.train.resume, cfg.train.overwrite, writer)
     if previous.complete is not None:
         log.warning("%s: this run is complete (final validation success %s); nothing to do", run_dir,
                     previous.complete.get("final/val_success"))
