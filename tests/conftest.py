@@ -12,7 +12,12 @@ _OUTPUT_FOLDERS = ("runs", "multirun", "outputs", "sweeps_out", "analysis_out")
 
 
 def _outputs() -> set[Path]:
-    return {p for name in _OUTPUT_FOLDERS if (_ROOT / name).is_dir() for p in (_ROOT / name).rglob("*")}
+    """Entries up to two levels down (runs/<experiment>/<run>): cheap, and enough to see a new run."""
+    found = set()
+    for name in _OUTPUT_FOLDERS:
+        for pattern in ("*", "*/*"):
+            found.update((_ROOT / name).glob(pattern))
+    return found
 
 
 @pytest.fixture(scope="session", autouse=True)
