@@ -380,6 +380,24 @@ def test_peak_memory_is_measured_per_run():
     assert first - second > 300, (first, second)
 
 
+def test_second_run_in_a_process_reports_its_own_peak(tmp_path):
+    import numpy as np
+
+    from gigpo.train import train
+
+    held = []
+
+    def allocate(iteration, env_steps, val):  # run 1 touches 500 MiB during its first iteration
+        if not held:
+            held.append(np.ones(500 * 2**20 // 8))
+
+    train(compose_cfg([*TINY, "train.iterations=1"], tmp_path / "first"), on_validation=allocate)
+    held.clear()
+    train(compose_cfg([*TINY, "train.iterations=1"], tmp_path / "second"))
+    first, second = (metrics(tmp_path / name)[0]["perf/peak_mem_mb"] for name in ("first", "second"))
+    assert first - second > 300, (first, second)
+
+
 # ---- 12. process hygiene ----
 
 def test_failed_check_leaves_no_folder_and_slashes_never_nest(tmp_path):
