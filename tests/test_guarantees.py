@@ -326,6 +326,20 @@ def test_corrupt_alfworld_game_file_is_named(tmp_path):
         env.reset(0)
 
 
+def test_corrupt_alfworld_archive_is_named(tmp_path, monkeypatch):
+    from gigpo.data import alfworld_data_dir
+
+    archives = tmp_path / "shared" / "data" / "alfworld"
+    archives.mkdir(parents=True)
+    (archives / "train.tar.xz").write_bytes(b"\xfd7zXZ\x00 truncated")
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    monkeypatch.setenv("GIGPO_SHARED", str(tmp_path / "shared"))
+    monkeypatch.setenv("GIGPO_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=f"corrupt archive {archives / 'train.tar.xz'}"):
+        alfworld_data_dir()
+    assert not list((tmp_path / "cache" / "alfworld").glob(".unpack-*"))
+
+
 def test_webshop_empty_product_file_and_exotic_prices(tmp_path):
     from gigpo.envs.webshop.data import load_catalog, parse_price
 
