@@ -23,7 +23,6 @@ from omegaconf import OmegaConf, open_dict
 
 from gigpo.config import register_configs
 from gigpo.envs import ENVS
-from gigpo.envs.base import Step
 from gigpo.rollout import episode_summary
 from gigpo.runner import GroupRunner
 
@@ -53,39 +52,23 @@ def metrics(run_dir: Path) -> list[dict]:
 
 # ---- 1. every episode asked for is counted; failures count as failures ----
 
-class ResetFailsEnv:
-    """Wins at the first "inc"; reset raises for odd seeds."""
-
-    def __init__(self, max_steps=3):
-        self.seed = 0
-
-    def reset(self, seed):
-        if seed % 2:
-            raise RuntimeError(f"broken game for seed {seed}")
-        self.seed = seed
-        return Step("s", "s", ["inc"], 0.0, False, False, {"task": "t", "task_type": "toy", "valid": True})
-
-    def step(self, action):
-        return Step("s", "s", ["inc"], 1.0, True, True, {"task": "t", "task_type": "toy", "valid": True})
-
-    def close(self):
-        pass
-
-
 @pytest.fixture
 def reset_fails_env():
-    ENVS["resetfails"] = f"{__name__}:ResetFailsEnv"
+    ENVS["resetfails"] = "failing_envs:ResetFailsEnv"  # a light module: spawned workers import it fast
     yield "resetfails"
     del ENVS["resetfails"]
 
 
-def test_episodes_failing_at_reset_are_counted_as_failed(reset_fails_env):
+@pytest.mark.parametrize("hang, workers", [(False, 0), (True, 2)])
+def test_episodes_failing_at_reset_are_counted_as_failed(reset_fails_env, hang, workers):
     act = lambda views: [("<action>inc</action>", None)] * len(views)  # noqa: E731
-    with GroupRunner(reset_fails_env, {}, num_workers=0) as runner:
-        records = runner.run(list(range(8)), group_size=1, act=act)
+    with GroupRunner(reset_fails_env, {"hang": hang}, num_workers=workers, step_timeout_s=2.0) as runner:
+        records = runner.run(list(range(8)), group_size=1, act=act)  # worker 1 holds the odd seeds
         stats = runner.take_stats()
     assert {f["seed"] for f in stats["failures"]} == {1, 3, 5, 7}
-    assert all(f["stage"] == "reset" and "broken game" in f["error"] for f in stats["failures"])
+    assert all(f["stage"] == "reset" for f in stats["failures"])
+    assert all(("hung" if hang else "broken game") in f["error"] for f in stats["failures"])
+    assert stats["worker_restarts"] == (1 if hang else 0)
     summary = episode_summary(records, stats["failures"])
     # 8 asked for, 4 never started: success is 4 / 8, not 4 / 4
     assert summary["episodes"] == 8 and summary["failed_episodes"] == 4 and summary["success"] == 0.5
