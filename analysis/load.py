@@ -56,6 +56,12 @@ class Run:
         return self.get("train.seed")
 
     @property
+    def finished(self) -> bool:
+        """The run wrote its final validation line (an unfinished run stopped before it)."""
+        h = self.history
+        return "final" in h.columns and bool(h["final"].fillna(False).astype(bool).any())
+
+    @property
     def final(self) -> dict:
         """Metrics of the final validation: the line marked ``final``, else the last validation line."""
         h = self.history
@@ -119,16 +125,22 @@ def find_run_dirs(root: Path) -> list[Path]:
     return found
 
 
-def load_wandb(spec: str) -> list[Run]:
-    """Every run of ``wandb:ENTITY/PROJECT`` through the public API, in the same form as a run dir.
+def load_wandb(spec: str, group: str | None = None, tags: list[str] = ()) -> list[Run]:
+    """The runs of ``wandb:ENTITY/PROJECT`` through the public API, in the same form as a run dir;
+    only those of W&B group ``group`` and carrying every tag in ``tags`` when given.
 
     W&B history is keyed by ``_step``, which the trainer sets to the iteration.
     """
     import wandb
 
     project = spec[len(WANDB_PREFIX):]
+    filters: dict = {}
+    if group:
+        filters["group"] = group
+    if tags:
+        filters["tags"] = {"$all": list(tags)}
     runs = []
-    for remote in wandb.Api().runs(project):
+    for remote in wandb.Api().runs(project, filters=filters or None):
         history = pd.DataFrame(list(remote.scan_history()))
         if "_step" in history.columns:
             history = history.rename(columns={"_step": "iter"})
@@ -141,14 +153,15 @@ def load_wandb(spec: str) -> list[Run]:
     return runs
 
 
-def load_runs(paths) -> list[Run]:
-    """Runs from run dirs, multirun/sweep dirs (searched recursively) and ``wandb:ENTITY/PROJECT`` specs."""
+def load_runs(paths, wandb_group: str | None = None, wandb_tags: list[str] = ()) -> list[Run]:
+    """Runs from run dirs, multirun/sweep dirs (searched recursively) and ``wandb:ENTITY/PROJECT`` specs
+    (filtered by W&B group and tags when given)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     runs: list[Run] = []
     for path in paths:
         if str(path).startswith(WANDB_PREFIX):
-            runs.extend(load_wandb(str(path)))
+            runs.extend(load_wandb(str(path), wandb_group, wandb_tags))
         else:
             runs.extend(read_run_dir(d) for d in find_run_dirs(Path(path)))
     return runs
@@ -173,7 +186,7 @@ def runs_frame(runs_or_paths) -> pd.DataFrame:
     for run in runs:
         final = {k: v for k, v in run.final.items() if k.startswith("val/") or k in ("env_steps", "time/wall_s")}
         rows.append({"source": run.source, "method": run.method, "env": run.env, "seed": run.seed,
-                     **flatten(run.config), **final})
+                     "finished": run.finished, **flatten(run.config), **final})
     return pd.DataFrame(rows)
 
 

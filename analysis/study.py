@@ -8,12 +8,18 @@ Writes, beside the paper-style tables of ``analysis.tables`` and the plots of ``
   training (count, mean size, singleton share);
 - ``significance.md`` / ``significance.csv``: each method against ``--baseline`` by Welch's t-test
   on final success across seeds (scipy ``ttest_ind(equal_var=False)``) and a 95% percentile
-  bootstrap interval of the difference in means (10,000 resamples of seeds, seeded).
+  bootstrap interval of the difference in means (10,000 resamples of seeds, seeded); none with a
+  single seed on either side;
+- ``runs/<cell>_s<seed>/``: each run's raw logs (config.yaml, metrics.jsonl, provenance.json,
+  summary.json; no checkpoints), small enough to commit beside the tables, so that
+  ``python -m analysis.tables <out>/runs`` recomputes every table from them.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +28,9 @@ from scipy import stats
 
 from analysis.load import Run, load_runs, runs_frame
 from analysis.plots import plot_all
-from analysis.tables import build_tables, order_methods, write_tables
+from analysis.tables import build_tables, label_cells, order_methods, write_tables
+
+RAW_LOGS = ("config.yaml", "metrics.jsonl", "provenance.json", "summary.json")
 
 COST = {"time/rollout_s": "rollout s", "time/advantage_s": "advantage s", "time/update_s": "update s"}
 GROUPS = {"step_groups/count": "step groups", "step_groups/mean_size": "mean group size",
@@ -68,11 +76,34 @@ def significance(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
     rows = []
     for method in order_methods(set(frame["method"]) - {baseline}):
         values = frame.loc[frame["method"] == method, "final success"].to_numpy()
-        t, p = stats.ttest_ind(values, base, equal_var=False) if len(values) > 1 and len(base) > 1 else (np.nan, np.nan)
-        low, high = bootstrap_diff(values, base)
+        several = len(values) > 1 and len(base) > 1  # one seed: no spread, so no test and no interval
+        t, p = stats.ttest_ind(values, base, equal_var=False) if several else (np.nan, np.nan)
+        low, high = bootstrap_diff(values, base) if several else (np.nan, np.nan)
         rows.append({"method": method, "vs": baseline, "diff": values.mean() - base.mean(), "welch t": t,
                      "p": p, "ci95 low": low, "ci95 high": high, "seeds": f"{len(values)} vs {len(base)}"})
     return pd.DataFrame(rows).set_index("method")
+
+
+def keep_raw_logs(runs: list[Run], folder: Path) -> list[Path]:
+    """Copy each local run's small raw logs (``RAW_LOGS``) to ``folder/<cell>_s<seed>/``; runs
+    already inside ``folder`` stay as they are. Returns the run folders there."""
+    frame = label_cells(runs_frame(runs))
+    kept = []
+    for run, cell in zip(runs, frame["cell"]):
+        source = Path(run.source)
+        if not source.is_dir():  # a W&B run: nothing on disk to keep
+            continue
+        if folder.resolve() in source.resolve().parents:
+            kept.append(source)
+            continue
+        slug = re.sub(r"[^A-Za-z0-9.=+-]+", "_", cell).strip("_").lower()
+        target = folder / f"{slug}_s{run.seed}"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in RAW_LOGS:
+            if (source / name).is_file():
+                shutil.copy2(source / name, target / name)
+        kept.append(target)
+    return kept
 
 
 def plain_markdown(table: pd.DataFrame) -> str:
@@ -91,9 +122,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--baseline", default="GRPO")
+    parser.add_argument("--include-unfinished", action="store_true", help="also count runs without a final validation")
     args = parser.parse_args(argv)
     runs = load_runs(args.runs)
+    unfinished = [r.source for r in runs if not r.finished]
+    if unfinished and not args.include_unfinished:
+        print(f"leaving out {len(unfinished)} unfinished run(s) (no final validation): {unfinished}")
+        runs = [r for r in runs if r.finished]
     args.out.mkdir(parents=True, exist_ok=True)
+    keep_raw_logs(runs, args.out / "runs")
     frame = pd.DataFrame([per_run(r) for r in runs])
     summary = method_summary(frame)
     sig = significance(frame, args.baseline)
@@ -102,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     sig.to_csv(args.out / "significance.csv")
     (args.out / "methods.md").write_text(plain_markdown(summary))
     (args.out / "significance.md").write_text(plain_markdown(sig))
-    write_tables(build_tables(runs_frame(runs)), args.out)
+    write_tables(build_tables(runs_frame(runs), include_unfinished=args.include_unfinished), args.out)
     plot_all(runs, args.out)
     print(plain_markdown(summary))
     print(plain_markdown(sig))

@@ -11,6 +11,14 @@ Writes each table as Markdown, LaTeX and CSV into ``--out``:
 
 The CSV holds the numbers (``<column> mean``, ``<column> std``, ``seeds``); Markdown and LaTeX hold
 ``mean ± std`` cells. Std is the sample std over seeds (ddof=1); a single seed shows its value alone.
+
+Which runs share a cell: those of one environment and method that agree on every config key except
+the seed and the keys that only say where or how a run was logged or executed (``NOT_A_SETTING``).
+Any other key that differs between runs labels the rows (``GiGPO (mean), algo.step_weight=0.5``);
+a key that does not apply to a method (``NOT_APPLICABLE``: GRPO and RLOO ignore step_weight and
+gamma) never splits or labels its rows. Two runs with the same seed in one cell are an error (a
+run counted twice). Unfinished runs (no final validation line) are left out unless
+``--include-unfinished``, and then counted in an ``unfinished`` column and marked in the row label.
 """
 
 from __future__ import annotations
@@ -22,6 +30,17 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.load import load_runs, runs_frame
+
+# Config keys that do not change what a run computes: never split cells (prefixes end with ".").
+NOT_A_SETTING = ("train.seed", "run_dir", "logger.", "env.workers", "env.step_timeout_s", "train.threads",
+                 "train.resume", "train.overwrite", "train.device", "experiment_name", "checkpoint", "mode",
+                 "sweep.", "rollout.gpu_memory_utilization", "train.val_every", "train.checkpoint_every")
+# Keys a method ignores, or that its label (analysis.load.method_label) already shows.
+METHOD_KEYS = ("algo.name",)
+NOT_APPLICABLE = {"grpo": ("algo.step_weight", "algo.gamma", "algo.similarity"),
+                  "rloo": ("algo.step_weight", "algo.gamma", "algo.similarity"),
+                  "gigpo": ("algo.mode",)}
+NOT_CONFIG = ("source", "method", "env", "seed", "finished", "env_steps", "time/wall_s", "cell")
 
 ALFWORLD_COLUMNS = {"Pick": "val/success/pick", "Look": "val/success/look", "Clean": "val/success/clean",
                     "Heat": "val/success/heat", "Cool": "val/success/cool", "Pick2": "val/success/pick2",
@@ -70,13 +89,6 @@ def _cell(mean: float, std: float, pm: str) -> str:
     return f"{mean:.1f}" if pd.isna(std) else f"{mean:.1f} {pm} {std:.1f}"
 
 
-def method_table(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
-    table = seed_stats(frame, "method", columns)
-    table = table.loc[order_methods(table.index)]
-    table.index.name = "Method"
-    return table
-
-
 def generic_columns(frame: pd.DataFrame, env: str) -> dict[str, str]:
     """Success per task type (when an env has several), then overall success."""
     prefix = "val/success/"
@@ -87,9 +99,12 @@ def generic_columns(frame: pd.DataFrame, env: str) -> dict[str, str]:
 
 
 def ablation_table(frame: pd.DataFrame, param: str) -> pd.DataFrame:
-    """Rows = values of ``param``, columns = methods; cells = final success (%) over seeds."""
+    """Rows = values of ``param``, columns = methods; cells = final success (%) over seeds. Methods
+    ``param`` does not apply to (step_weight for GRPO) have no column."""
     if param not in frame.columns:
         raise KeyError(f"--param {param}: no run's config has this key")
+    if "algo.name" in frame.columns:
+        frame = frame[[applies(param, a) for a in frame["algo.name"]]]
     parts = []
     for method in order_methods(frame["method"].unique()):
         part = seed_stats(frame[frame["method"] == method], param, {method: "val/success"})
@@ -99,17 +114,79 @@ def ablation_table(frame: pd.DataFrame, param: str) -> pd.DataFrame:
     return table
 
 
-def build_tables(frame: pd.DataFrame, params: list[str] = ()) -> dict[str, pd.DataFrame]:
-    """Every table the run logs support, by file stem."""
+def _is_setting(key: str) -> bool:
+    return not (key in NOT_CONFIG or key.startswith("val/") or key in METHOD_KEYS
+                or any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_A_SETTING))
+
+
+def applies(key: str, algo_name) -> bool:
+    return key not in NOT_APPLICABLE.get(str(algo_name), ())
+
+
+def settings(frame: pd.DataFrame) -> list[str]:
+    """Config keys (other than seed, method and logging-only keys) whose values differ between runs
+    of the same method, counting only the methods each key applies to."""
+    varying = []
+    for key in sorted(c for c in frame.columns if _is_setting(c)):
+        for _, runs in frame.groupby("method"):
+            values = runs.loc[[applies(key, a) for a in runs.get("algo.name", [None] * len(runs))], key]
+            if values.map(repr).nunique() > 1:
+                varying.append(key)
+                break
+    return varying
+
+
+def label_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """A ``cell`` column: the method plus ``key=value`` for each setting that differs between runs
+    (``settings``); refuses two runs with the same seed in one cell."""
+    keys = settings(frame)
+    frame = frame.copy()
+
+    def label(row) -> str:
+        parts = [f"{k}={row[k]}" for k in keys if applies(k, row.get("algo.name"))]
+        return ", ".join([row["method"], *parts])
+
+    frame["cell"] = [label(row) for _, row in frame.iterrows()] if len(frame) else []
+    for cell, runs in frame.groupby("cell"):
+        seeds = runs["seed"]
+        if seeds.duplicated().any():
+            twice = sorted(set(seeds[seeds.duplicated()]))
+            sources = list(runs.loc[runs["seed"].isin(twice), "source"])
+            raise ValueError(f"table cell {cell!r}: seed(s) {twice} appear in more than one run {sources}: "
+                             "a run would be counted twice; remove the copies or give the runs distinct configs")
+    if "finished" in frame.columns and not frame["finished"].all():
+        unfinished = frame.groupby("cell")["finished"].apply(lambda f: int((~f.astype(bool)).sum()))
+        frame["cell"] = [c if unfinished[c] == 0 else f"{c} ({unfinished[c]} unfinished)" for c in frame["cell"]]
+    return frame
+
+
+def cell_table(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """Rows = cells (method and differing settings), methods in the paper's order."""
+    frame = label_cells(frame)
+    table = seed_stats(frame, "cell", columns)
+    if "finished" in frame.columns and not frame["finished"].all():
+        table[("unfinished", "")] = (~frame["finished"].astype(bool)).groupby(frame["cell"]).sum()
+    methods = dict(zip(frame["cell"], frame["method"]))
+    rank = {m: i for i, m in enumerate(order_methods(frame["method"].unique()))}
+    table = table.loc[sorted(table.index, key=lambda c: (rank[methods[c]], c))]
+    table.index.name = "Method"
+    return table
+
+
+def build_tables(frame: pd.DataFrame, params: list[str] = (), include_unfinished: bool = False
+                 ) -> dict[str, pd.DataFrame]:
+    """Every table the run logs support, by file stem (unfinished runs left out unless asked for)."""
     tables = {}
+    if "finished" in frame.columns and not include_unfinished:
+        frame = frame[frame["finished"].astype(bool)]
     for env in sorted(frame["env"].unique()):
         runs = frame[frame["env"] == env].dropna(axis=1, how="all")
         if env == "alfworld":
-            tables["alfworld"] = method_table(runs, ALFWORLD_COLUMNS)
+            tables["alfworld"] = cell_table(runs, ALFWORLD_COLUMNS)
         elif env == "webshop":
-            tables["webshop"] = method_table(runs, WEBSHOP_COLUMNS)
+            tables["webshop"] = cell_table(runs, WEBSHOP_COLUMNS)
         else:
-            tables[env] = method_table(runs, generic_columns(runs, env))
+            tables[env] = cell_table(runs, generic_columns(runs, env))
         for param in params:
             tables[f"ablation_{param}_{env}"] = ablation_table(runs, param)
     return tables
@@ -161,9 +238,13 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     parser.add_argument("runs", nargs="+", help="run, multirun or sweep directories, or wandb:ENTITY/PROJECT")
     parser.add_argument("--out", type=Path, default=Path("analysis_out"), help="output folder")
     parser.add_argument("--param", action="append", default=[], help="swept config key for an ablation table")
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="also count runs without a final validation (marked in the row label)")
+    parser.add_argument("--wandb-group", help="wandb: sources: only runs of this W&B group")
+    parser.add_argument("--wandb-tag", action="append", default=[], help="wandb: sources: only runs with this tag")
     args = parser.parse_args(argv)
-    frame = runs_frame(load_runs(args.runs))
-    tables = build_tables(frame, args.param)
+    frame = runs_frame(load_runs(args.runs, args.wandb_group, args.wandb_tag))
+    tables = build_tables(frame, args.param, args.include_unfinished)
     write_tables(tables, args.out)
     for stem, table in tables.items():
         print(f"## {stem} (success/score in %, mean ± std over seeds)\n\n{to_markdown(table)}")

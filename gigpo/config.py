@@ -234,7 +234,11 @@ class TrainConfig:
     """Validate every K iterations (and at 0 and at the end)."""
     checkpoint_every: int = 10
     resume: bool = True
-    """Continue from the run directory's last checkpoint when one exists."""
+    """Continue from the run directory's last checkpoint when one exists (refused if the saved
+    config differs in a key that changes training; see gigpo.tracking.RESUME_ALLOWED)."""
+    overwrite: bool = False
+    """With resume=false, delete a run already in the run directory and start over; without it
+    such a folder is refused, so its metrics are never wiped silently."""
     device: str = "cpu"
     strategy: str = "single"
     """"single" process, or "deepspeed" (ZeRO, launched with deepspeed/torchrun)."""
@@ -357,11 +361,34 @@ CHOICES = {
     "env.projection": ("paper", "strict"),
 }
 POSITIVE = ("algo.group_size", "env.groups", "env.max_steps", "env.val_episodes", "train.mini_batch_size",
-            "train.micro_batch_size", "train.val_every", "train.checkpoint_every", "train.ppo_epochs")
+            "train.micro_batch_size", "train.val_every", "train.checkpoint_every", "train.ppo_epochs",
+            "train.iterations", "model.max_prompt_tokens", "model.max_response_tokens", "model.hidden_size",
+            "model.layers", "model.heads", "model.intermediate_size", "model.vocab_size")
+NON_NEGATIVE = ("train.lr", "train.weight_decay", "train.grad_clip", "train.max_env_steps", "train.threads",
+                "algo.clip_low", "algo.clip_high", "algo.kl_coef", "algo.entropy_coef", "algo.eps",
+                "algo.max_resample", "env.history_len", "env.workers", "env.invalid_penalty", "model.temperature",
+                "model.val_temperature", "model.lora_rank", "model.lora_dropout")
+# Optional extras: env or feature -> (module that must import, pip command that installs it).
+EXTRAS = {
+    "env=alfworld": ("textworld", 'pip install -c constraints.txt -e ".[alfworld]"'),
+    "train.strategy=deepspeed": ("deepspeed", 'pip install -c constraints.txt -e ".[scale]"'),
+    "model.lora_rank>0": ("peft", 'pip install -c constraints.txt -e ".[scale]"'),
+    "rollout=vllm": ("vllm", 'pip install -c constraints-gpu.txt -e ".[gpu]"'),
+}
 
 
-def check(cfg) -> None:
-    """Value checks Hydra's types cannot express; raises ValueError naming the key and value."""
+def check(cfg, runtime: bool = True) -> None:
+    """Value checks Hydra's types cannot express, run before anything is built or written.
+
+    Raises ValueError naming the key, its value and the allowed range. With ``runtime`` (the
+    default; run.py and sweeps) it also checks what this machine must provide: CUDA for
+    train.device=cuda, the torchrun launcher for train.strategy=deepspeed, and each optional
+    extra a config needs (the error gives the pip command).
+    """
+    import importlib.util
+    import math
+    import os
+
     from omegaconf import OmegaConf
 
     for key, allowed in CHOICES.items():
@@ -372,19 +399,53 @@ def check(cfg) -> None:
         value = OmegaConf.select(cfg, key)
         if value < 1:
             raise ValueError(f"{key}={value!r} must be >= 1")
-    if not 0.0 <= cfg.algo.gamma <= 1.0:
-        raise ValueError(f"algo.gamma={cfg.algo.gamma!r} must be in [0, 1]")
+    for key in NON_NEGATIVE:
+        value = OmegaConf.select(cfg, key)
+        if not value >= 0 or not math.isfinite(value):  # NaN fails both
+            raise ValueError(f"{key}={value!r} must be a finite number >= 0")
+
+    def within(key: str, low: float, high: float, low_open: bool = False) -> None:
+        value = OmegaConf.select(cfg, key)
+        if not ((low < value) if low_open else (low <= value)) or not value <= high:
+            raise ValueError(f"{key}={value!r} must be in {'(' if low_open else '['}{low}, {high}]")
+
+    within("algo.gamma", 0.0, 1.0)
+    within("model.top_p", 0.0, 1.0, low_open=True)
+    within("model.lora_dropout", 0.0, 1.0)
+    within("rollout.gpu_memory_utilization", 0.0, 1.0, low_open=True)
+    if cfg.algo.similarity is not None:
+        within("algo.similarity", 0.0, 1.0, low_open=True)
+    if cfg.algo.name in ("grpo", "rloo") and cfg.algo.group_size < 2:
+        raise ValueError(f"algo.group_size={cfg.algo.group_size} must be >= 2 for algo.name={cfg.algo.name} "
+                         "(the baseline is the other trajectories of the group)")
+    if not cfg.env.step_timeout_s > 0:
+        raise ValueError(f"env.step_timeout_s={cfg.env.step_timeout_s!r} must be > 0")
+    if cfg.model.hidden_size % cfg.model.heads:
+        raise ValueError(f"model.heads={cfg.model.heads} must divide model.hidden_size={cfg.model.hidden_size}")
     if not cfg.algo.clip_ratio_c > 1.0:
         raise ValueError(f"algo.clip_ratio_c={cfg.algo.clip_ratio_c!r} must be > 1 (inf disables dual-clip)")
-    if cfg.model.top_k < 0 or not 0.0 < cfg.model.top_p <= 1.0:
-        raise ValueError(f"model.top_k={cfg.model.top_k!r} must be >= 0 and model.top_p={cfg.model.top_p!r} in (0, 1]")
-    if not 0.0 < cfg.algo.omega <= 1.0:
-        raise ValueError(f"algo.omega={cfg.algo.omega!r} must be in (0, 1]")
-    if cfg.algo.similarity is not None and not 0.0 < cfg.algo.similarity <= 1.0:
-        raise ValueError(f"algo.similarity={cfg.algo.similarity!r} must be in (0, 1] or null")
+    if cfg.model.top_k < 0:
+        raise ValueError(f"model.top_k={cfg.model.top_k!r} must be >= 0 (0 turns top-k off)")
+    within("algo.omega", 0.0, 1.0, low_open=True)
     _check_prompts(cfg.env)
     if cfg.env.projection == "paper" and cfg.model.constrained:
         raise ValueError("env.projection=paper needs <think> tags, which model.constrained=true never writes "
                          "(every step would be invalid); use env.projection=strict or model.constrained=false")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("checkpoint: mode=eval needs checkpoint=PATH (a checkpoint file or a run folder)")
+    if not runtime:
+        return
+    if cfg.train.strategy == "deepspeed" and not ("WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ):
+        raise ValueError("train.strategy=deepspeed needs a distributed launcher (no WORLD_SIZE/LOCAL_RANK set): "
+                         "torchrun --nproc_per_node K run.py train.strategy=deepspeed ...")
+    if str(cfg.train.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={cfg.train.device}: CUDA is not available on this machine "
+                             "(use train.device=cpu)")
+    needed = {"env=alfworld": cfg.env.name == "alfworld", "train.strategy=deepspeed": cfg.train.strategy == "deepspeed",
+              "model.lora_rank>0": cfg.model.lora_rank > 0, "rollout=vllm": cfg.rollout.name == "vllm"}
+    for what, (module, command) in EXTRAS.items():
+        if needed[what] and importlib.util.find_spec(module) is None:
+            raise ValueError(f"{what} needs the Python package {module!r}, which is not installed: {command}")

@@ -43,8 +43,12 @@ def _unpack(archive: Path, cache: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".unpack-{split}-", dir=cache))
     try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(scratch, filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(scratch, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as error:  # lzma/EOF errors of a truncated archive too
+            raise ValueError(f"ALFWorld data: corrupt archive {archive} ({type(error).__name__}: {error}); "
+                             "replace it with a complete copy") from error
         try:
             (scratch / GAMES_FOLDER / split).rename(final)
         except OSError:

@@ -79,24 +79,35 @@ def rollout(runner: GroupRunner, act_factory, seeds: list[int], group_size: int)
     return Rollout(records, clock["generate_s"], time.perf_counter() - start, clock["tokens"])
 
 
-def episode_summary(records: list[StepRecord]) -> dict[str, float]:
-    """Success (overall and per task type), return, length and invalid-action rate per episode."""
+def episode_summary(records: list[StepRecord], failures: list[dict] = ()) -> dict[str, float]:
+    """Success (overall and per task type), return, length and invalid-action rate per episode.
+
+    Every episode asked for counts: ``failures`` (``GroupRunner.take_stats()["failures"]``) lists
+    the failed trajectories, including those whose env failed at reset and so left no records;
+    those count as unsuccessful (score 0) episodes in ``success``, ``score`` and ``episodes`` (not in the per-type
+    success, their task type being unknown, nor in return and length, having no steps).
+    ``failed_episodes`` counts every failed trajectory.
+    """
     episodes: dict[int, list[StepRecord]] = defaultdict(list)
     for r in records:
         episodes[r.traj_id].append(r)
     won = {t: rows[-1].won for t, rows in episodes.items()}
+    never_started = {f["traj_id"] for f in failures} - set(episodes)
+    failed = {f["traj_id"] for f in failures} | {t for t, rows in episodes.items() if rows[-1].info.get("crashed")}
     by_type: dict[str, list[bool]] = defaultdict(list)
     for t, rows in episodes.items():
         by_type[rows[0].task_type].append(won[t])
+    total = len(episodes) + len(never_started)
     out = {
-        "success": float(np.mean(list(won.values()))) if won else 0.0,
+        "success": float(sum(won.values()) / total) if total else 0.0,
         "episode_return": float(np.mean([sum(r.reward for r in rows) for rows in episodes.values()])) if won else 0.0,
         "episode_length": float(np.mean([len(rows) for rows in episodes.values()])) if won else 0.0,
         "invalid_rate": float(np.mean([not r.valid for r in records])) if records else 0.0,
-        "episodes": float(len(episodes)),
+        "episodes": float(total),
+        "failed_episodes": float(len(failed)),
     }
     if any("score" in r.info for r in records):
-        out["score"] = float(np.mean([rows[-1].info.get("score", 0.0) for rows in episodes.values()]))
+        out["score"] = float(sum(rows[-1].info.get("score", 0.0) for rows in episodes.values()) / total)
     out.update({f"success/{k}": float(np.mean(v)) for k, v in sorted(by_type.items())})
     return out
 

@@ -11,6 +11,11 @@ one after another); ``num_workers=0`` keeps them in this process: no pickling, a
 ``breakpoint()`` works. A worker that dies or does not answer in time is killed and restarted;
 its trajectories end as failed (``info["crashed"]``). An env that raises ends only its own
 trajectory, the same way, and is rebuilt at the next reset.
+
+Every failed trajectory, including one whose env failed at ``reset`` (it has no step records),
+is also listed in ``GroupRunner.failures`` with its seed, stage and error, and every worker restart
+is counted in ``GroupRunner.worker_restarts``; ``take_stats()`` hands both over and clears them, so
+the caller can count every episode it asked for.
 """
 
 from __future__ import annotations
@@ -203,6 +208,16 @@ class GroupRunner:
         self.format_only = projection == "paper"
         self.local = EnvSlots(env_name, self.env_options) if self.num_workers == 0 else None
         self.workers: list[Worker] = []
+        self.failures: list[dict] = []
+        """Failed trajectories since the last ``take_stats``: traj_id, group_id, seed, stage, error."""
+        self.worker_restarts = 0
+        """Workers killed and restarted since the last ``take_stats``."""
+
+    def take_stats(self) -> dict:
+        """``{"failures": [...], "worker_restarts": n}`` since the last call; clears both."""
+        stats = {"failures": self.failures, "worker_restarts": self.worker_restarts}
+        self.failures, self.worker_restarts = [], 0
+        return stats
 
     # --- env calls -------------------------------------------------------------------------
 
@@ -259,6 +274,7 @@ class GroupRunner:
                      results: dict[int, tuple[Step | None, str | None]]) -> None:
         """Restart ``worker`` and report every env it was handling as failed with ``reason``."""
         worker.restart()
+        self.worker_restarts += 1
         for slot, _ in batch:
             results[slot] = (None, reason)
 
@@ -279,7 +295,7 @@ class GroupRunner:
         current: dict[int, Step] = {}
         for slot, (step, error) in sorted(self._call("reset", list(enumerate(seed_of))).items()):
             if error is not None:
-                self._warn(slot, seed_of[slot], "reset", error)
+                self._fail(slot, group_size, seed_of[slot], "reset", error)
             else:
                 current[slot] = step
         histories: dict[int, list[tuple[str, str]]] = {slot: [] for slot in current}
@@ -307,7 +323,7 @@ class GroupRunner:
                     task_type=state.info.get("task_type", ""), payload=payload,
                 )
                 if error is not None:
-                    self._warn(slot, seed_of[slot], f"step {step_index}", error)
+                    self._fail(slot, group_size, seed_of[slot], f"step {step_index}", error)
                     record.info = {"crashed": True, "error": error}
                     del current[slot]
                 else:
@@ -331,7 +347,9 @@ class GroupRunner:
                     task=state.info.get("task", ""), observation=state.observation,
                     admissible=list(state.admissible), history=recent)
 
-    def _warn(self, slot: int, seed: int, when: str, error: str) -> None:
+    def _fail(self, slot: int, group_size: int, seed: int, when: str, error: str) -> None:
+        self.failures.append({"traj_id": slot, "group_id": slot // group_size, "seed": seed, "stage": when,
+                              "error": error})
         logger.warning("runner: env %s (options %s) seed %d trajectory %d failed at %s: %s; "
                        "trajectory ended as failed", self.env_name, self.env_options, seed, slot, when, error)
 

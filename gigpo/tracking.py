@@ -1,17 +1,27 @@
-"""Run bookkeeping: metrics to W&B and ``metrics.jsonl``, atomic checkpoints, resume.
+"""Run bookkeeping: metrics to W&B and ``metrics.jsonl``, atomic checkpoints, resume, provenance.
 
 Every metric has one name and goes to both sinks; analysis reads ``metrics.jsonl`` (one JSON
-object per iteration). A resumed run drops the lines written after its last checkpoint, so the
-file always reads as one uninterrupted run.
+object per iteration, strict JSON: a non-finite value is an error naming the metric). A resumed
+run drops the lines written after its last checkpoint, so the file always reads as one
+uninterrupted run. A checkpoint holds the resolved config it was trained with; resuming under a
+config that differs in a key outside ``RESUME_ALLOWED`` is refused with the keys named.
+Checkpoints load with ``torch.load(weights_only=True)``: loading one never executes code.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
+import math
 import os
+import platform
 import random
+import subprocess
+import sys
 import uuid
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +31,87 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoints/last.pt"
+PROVENANCE = "provenance.json"
+# Keys a resumed run may change: where and how it logs and runs, not what it computes. Prefixes end
+# with "."; train.iterations and train.max_env_steps may only grow (checked in ``resume_diff``).
+RESUME_ALLOWED = ("logger.", "run_dir", "experiment_name", "env.workers", "env.step_timeout_s", "train.threads",
+                  "train.resume", "train.overwrite", "train.iterations", "train.max_env_steps", "sweep.")
+# Packages whose versions determine a run's numbers (recorded in provenance.json).
+PROVENANCE_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "hydra-core", "omegaconf", "peft",
+                       "deepspeed", "vllm", "textworld", "alfworld", "bm25s", "rapidfuzz")
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def resume_diff(saved: dict, new: dict) -> list[str]:
+    """Keys whose values differ between a run's saved config and ``new`` and forbid resuming it.
+
+    Both are resolved configs as nested dicts. Keys under ``RESUME_ALLOWED`` may differ, except that
+    ``train.iterations`` and ``train.max_env_steps`` (0: no cap) may only grow.
+    """
+    old_flat, new_flat = _flatten(saved), _flatten(new)
+    differing = []
+    for key in sorted(set(old_flat) | set(new_flat)):
+        old, value = old_flat.get(key, "<absent>"), new_flat.get(key, "<absent>")
+        if old == value:
+            continue
+        if key in ("train.iterations", "train.max_env_steps"):
+            grows = (value == 0 or (old != 0 and value > old)) if key == "train.max_env_steps" else value > old
+            if grows:
+                continue
+            differing.append(f"{key}: {old!r} -> {value!r} (may only grow)")
+        elif not any(key == a or (a.endswith(".") and key.startswith(a)) for a in RESUME_ALLOWED):
+            differing.append(f"{key}: {old!r} -> {value!r}")
+    return differing
+
+
+def atomic_write(path: Path, write) -> Path:
+    """``write(tmp_path)`` then rename onto ``path``; a full disk raises OSError(ENOSPC) naming
+    ``path`` and leaves no temp file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on device while writing {path}") from error
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Lines of a metrics file; a truncated last line (a run killed mid-write) is dropped with a
+    warning, a malformed line elsewhere raises ValueError naming the file and line."""
+    lines = path.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                log.warning("%s:%d: dropping a truncated last line (%s): %r", path, number, error.msg, line[:80])
+                continue
+            raise ValueError(f"{path}:{number}: malformed metrics line ({error.msg}): {line[:80]!r}") from None
+    return rows
 
 
 class MetricsLog:
@@ -37,19 +128,29 @@ class MetricsLog:
         """Keep only lines of iterations before ``resume_iteration`` (written before the checkpoint)."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["iter"] < resume_iteration]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [row for row in read_jsonl(self.path) if row["iter"] < resume_iteration]
+        atomic_write_text(self.path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in kept))
 
     def last_iteration(self) -> int:
         """Iteration of the last line written (-1 when none)."""
         if not self.path.exists():
             return -1
-        lines = [line for line in self.path.read_text().splitlines() if line]
-        return json.loads(lines[-1])["iter"] if lines else -1
+        rows = read_jsonl(self.path)
+        return rows[-1]["iter"] if rows else -1
 
     def write(self, metrics: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(metrics, sort_keys=True) + "\n")
+        bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            raise FloatingPointError(f"non-finite metric(s) at iteration {metrics.get('iter')}: "
+                                     + ", ".join(f"{k}={metrics[k]}" for k in bad))
+        line = json.dumps(metrics, sort_keys=True, allow_nan=False) + "\n"
+        try:
+            with self.path.open("a") as f:
+                f.write(line)
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise OSError(errno.ENOSPC, f"no space left on device while writing {self.path}") from error
+            raise
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in metrics.items() if k != "iter"}, step=int(metrics["iter"]))
 
@@ -79,7 +180,8 @@ def _init_wandb(run_dir: Path, cfg):
         resume="allow",
         dir=str(run_dir),
         mode=mode,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config={**OmegaConf.to_container(cfg, resolve=True),
+                "provenance": {k: v for k, v in provenance(cfg).items() if k != "config"}},
         settings=wandb.Settings(silent=True, console="off"),
     )
 
@@ -90,38 +192,204 @@ def _wandb_logged_in() -> bool:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors and plain types only, so that ``weights_only=True`` can load them."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, nps = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
+                         nps["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
 
 
 def save_checkpoint(run_dir: Path, iteration: int, model, optimizer, extra: dict | None = None) -> Path:
-    """Write model, optimizer, RNG states and the next iteration atomically (tmp file + rename)."""
-    path = run_dir / CHECKPOINT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {"iteration": iteration, "model": model.state_dict(),
-         "optimizer": None if optimizer is None else optimizer.state_dict(),
-         "rng": rng_state(), **(extra or {})},
-        tmp,
-    )
-    os.replace(tmp, path)
-    return path
+    """Write model, optimizer, RNG states and the next iteration atomically (tmp file + rename).
+    ``extra`` must hold tensors and plain types only (the resolved config goes in as YAML text)."""
+    state = {"iteration": iteration, "model": model.state_dict(),
+             "optimizer": None if optimizer is None else optimizer.state_dict(), "rng": rng_state(), **(extra or {})}
+    return atomic_write(run_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's state, loaded without executing code (``weights_only=True``); a corrupt,
+    empty or foreign file raises RuntimeError naming it."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise RuntimeError(f"checkpoint {path} is empty (0 bytes): a write was interrupted; delete it to "
+                           "start over, or rerun with train.resume=false train.overwrite=true")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 -- unpickling errors come in many types
+        raise RuntimeError(f"checkpoint {path} cannot be loaded safely (corrupt, truncated, or holding "
+                           f"objects other than tensors and plain types): {type(error).__name__}: "
+                           f"{str(error)[:300]}") from error
+    if not isinstance(state, dict) or "model" not in state:
+        raise RuntimeError(f"checkpoint {path} is not a gigpo checkpoint (no 'model' entry)")
+    return state
+
+
+# ---- provenance ------------------------------------------------------------------------------
+
+def config_hash(config: dict) -> str:
+    """sha256 of the resolved config as canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def git_state(root: Path | None = None) -> dict:
+    """Commit and dirtiness of the code's git checkout (None outside one)."""
+    root = root or Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def package_versions() -> dict:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance(cfg) -> dict:
+    """What a run's numbers depend on: resolved config and its hash, git commit and dirtiness,
+    package versions, python and platform."""
+    config = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    return {"config": config, "config_sha256": config_hash(config), "git": git_state(),
+            "versions": package_versions()}
+
+
+def write_provenance(run_dir: Path, cfg) -> dict:
+    """provenance.json for this start of the run; a resumed run keeps the earlier starts' git and
+    versions under ``earlier_starts``."""
+    record = provenance(cfg)
+    path = run_dir / PROVENANCE
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            log.warning("%s: unreadable, replaced", path)
+        else:
+            record["earlier_starts"] = [*old.get("earlier_starts", []),
+                                        {k: old.get(k) for k in ("config_sha256", "git", "versions")}]
+    atomic_write_text(run_dir / PROVENANCE, json.dumps(record, indent=2, sort_keys=True, default=str))
+    return record
+
+
+# ---- memory ----------------------------------------------------------------------------------
+
+def reset_peak_memory() -> bool:
+    """Start a new high-water mark of this process's memory, so a run's peak is its own, not that
+    of an earlier run in the same process (Linux: /proc/self/clear_refs; CUDA: reset_peak_memory_stats).
+    Returns whether the CPU mark could be reset."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        log.warning("cannot reset the peak RSS (/proc/self/clear_refs): perf/peak_mem_mb is the process's peak")
+        return False
 
 
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process (CPU) or peak allocated CUDA memory, in MiB."""
+    """Peak resident memory since the last ``reset_peak_memory`` (CPU, VmHWM), or peak allocated CUDA
+    memory, in MiB."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---- run folder: resume, refuse, overwrite ---------------------------------------------------
+
+# What a run writes into its folder (deleted by train.overwrite=true, nothing else is).
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", PROVENANCE, "wandb_id.txt", "eval.json")
+RUN_FOLDERS = ("checkpoints", "tokenizer", "wandb")
+
+
+class RunFolder:
+    """What ``prepare_run`` found in a run folder.
+
+    checkpoint: the state to resume from (None: start from scratch).
+    complete:   the run's summary.json when it already finished under this config (nothing to do).
+    """
+
+    def __init__(self, checkpoint: dict | None = None, complete: dict | None = None):
+        self.checkpoint, self.complete = checkpoint, complete
+
+
+def prepare_run(run_dir: Path, config: dict, resume: bool, overwrite: bool, writer: bool = True) -> RunFolder:
+    """Decide what to do with ``run_dir`` before anything is built or written.
+
+    - no run there: start;
+    - ``resume=false``: refuse (naming the folder) unless ``overwrite``, which deletes the run's files;
+    - otherwise compare the saved config (in the checkpoint, else config.yaml) with ``config`` and
+      refuse on any key that changes training (``resume_diff``); a run that already finished
+      under it is reported complete; else resume from its checkpoint (or restart, when it was
+      killed before its first one).
+    Only the ``writer`` (rank 0 under torchrun) deletes files.
+    """
+    checkpoint, metrics = run_dir / CHECKPOINT, run_dir / "metrics.jsonl"
+    if not (checkpoint.exists() or (metrics.exists() and metrics.stat().st_size > 0)):
+        return RunFolder()
+    if not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"{run_dir} already holds a run (metrics.jsonl or {CHECKPOINT}); train.resume=false would wipe "
+                "it: pass train.overwrite=true to delete it and start over, or choose another run_dir")
+        if not writer:
+            return RunFolder()
+        log.warning("train.overwrite=true: deleting the run in %s", run_dir)
+        import shutil
+
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        for name in RUN_FOLDERS:
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        return RunFolder()
+    state = load_checkpoint(checkpoint) if checkpoint.exists() else None
+    if state is not None and "config" in state:
+        saved, source = json.loads(state["config"]), checkpoint
+    elif (run_dir / "config.yaml").exists():
+        saved, source = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")), run_dir / "config.yaml"
+    else:
+        raise FileNotFoundError(f"{run_dir} holds a run but no config to compare with (neither {CHECKPOINT} with "
+                                "a config nor config.yaml): pass train.resume=false train.overwrite=true to start over")
+    differing = resume_diff(saved, config)
+    if differing:
+        raise ValueError(f"{run_dir} holds a run trained with another config ({source}); resuming it under this one "
+                         f"would mix the two. Differing keys: {'; '.join(differing)}. Use another run_dir, or "
+                         "train.resume=false train.overwrite=true to start over")
+    if state is not None and (run_dir / "summary.json").exists():
+        train = config["train"]
+        done = state["iteration"] >= train["iterations"] or (
+            bool(train["max_env_steps"]) and state.get("env_steps", 0) >= train["max_env_steps"])
+        rows = read_jsonl(metrics) if metrics.exists() else []
+        if done and rows and rows[-1].get("final"):
+            return RunFolder(state, json.loads((run_dir / "summary.json").read_text()))
+    return RunFolder(state)

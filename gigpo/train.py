@@ -12,10 +12,10 @@ Deliberate simplifications against the paper's verl-based setup, and why:
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -29,11 +29,12 @@ from tqdm import tqdm
 from gigpo.config import env_options
 from gigpo.advantage import advantage_parts, episode_group_stats, step_group_stats
 from gigpo.policy.model import build_tiny, generate, load_hf
-from gigpo.ppo import Scorer, minibatches, update  # noqa: F401 -- re-exported for callers of gigpo.train
+from gigpo.ppo import update
 from gigpo.policy.tokenizer import load_or_build_tokenizer
 from gigpo.rollout import Rollout, env_corpus, episode_summary, make_act, rollout
 from gigpo.runner import GroupRunner
-from gigpo.tracking import CHECKPOINT, MetricsLog, load_checkpoint, peak_memory_mb, save_checkpoint, set_rng_state
+from gigpo.tracking import (CHECKPOINT, MetricsLog, atomic_write_text, load_checkpoint, peak_memory_mb,
+                            prepare_run, reset_peak_memory, save_checkpoint, set_rng_state, write_provenance)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,32 @@ def validate(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, generate_f
     act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.val_temperature, clock,  # noqa: E731
                                          generate_fn)
     result = rollout(runner, act, seeds, group_size=1)
-    return {f"val/{k}": v for k, v in episode_summary(result.records).items()}
+    stats = runner.take_stats()
+    summary = episode_summary(result.records, stats["failures"])
+    if summary["episodes"] != len(seeds):
+        raise RuntimeError(f"validation counted {summary['episodes']:.0f} episodes of the {len(seeds)} asked for")
+    check_not_all_failed("validation", cfg, summary, stats["failures"])
+    return {**{f"val/{k}": v for k, v in summary.items()}, "val/worker_restarts": float(stats["worker_restarts"])}
+
+
+def check_not_all_failed(what: str, cfg: DictConfig, summary: dict, failures: list[dict]) -> None:
+    """A rollout whose every episode failed (broken env, corrupt games) measures nothing: stop, naming the cause."""
+    if summary["episodes"] and summary["failed_episodes"] < summary["episodes"]:
+        return
+    first = failures[0] if failures else {}
+    raise RuntimeError(f"{what}: all {summary['episodes']:.0f} episodes failed in env {cfg.env.name!r}; first "
+                       f"failure (seed {first.get('seed')}, at {first.get('stage')}): {first.get('error')}")
+
+
+def check_finite(what: str, values) -> None:
+    """A non-finite advantage or loss would train on garbage and log NaN: stop, naming the quantity."""
+    if isinstance(values, dict):
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:
+            raise FloatingPointError(f"non-finite {what}: {bad}")
+    elif not np.isfinite(values).all():
+        raise FloatingPointError(f"non-finite {what}: {int((~np.isfinite(values)).sum())} of {len(values)} values "
+                                 f"(e.g. {values[~np.isfinite(values)][:3].tolist()})")
 
 
 def collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: int,
@@ -175,6 +201,16 @@ def compute_step_advantages(cfg: DictConfig, batch: Rollout) -> tuple[np.ndarray
     return parts["advantage"], stats
 
 
+def checked_collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: int, generate_fn):
+    """``collect``, then every episode asked for counted (failed ones as failures) and a rollout
+    whose every episode failed stopped: (batch, dropped groups, episode summary, worker restarts)."""
+    batch, dropped = collect(cfg, runner, policy, tokenizer, iteration, generate_fn)
+    stats = runner.take_stats()
+    summary = episode_summary(batch.records, stats["failures"])
+    check_not_all_failed(f"training iteration {iteration}", cfg, summary, stats["failures"])
+    return batch, dropped, summary, float(stats["worker_restarts"])
+
+
 def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | None = None) -> float:
     """Train per ``cfg`` in ``cfg.run_dir``; returns the final validation success.
 
@@ -182,8 +218,20 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
     sweep uses it to report to its pruner (an exception it raises ends the run).
     """
     run_dir = Path(cfg.run_dir or ".").resolve()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run's files
+    # ---- run folder: refuse a different config, report a finished run, resume an unfinished one
+    previous = prepare_run(run_dir, config, cfg.train.resume, cfg.train.overwrite, writer)
+    if previous.complete is not None:
+        log.warning("%s: this run is complete (final validation success %s); nothing to do", run_dir,
+                    previous.complete.get("final/val_success"))
+        print(f"{run_dir}: run complete, final/val_success={previous.complete.get('final/val_success')}")
+        return float(previous.complete["final/val_success"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if writer:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_provenance(run_dir, cfg)
+    reset_peak_memory()  # perf/peak_mem_mb is this run's peak, not the process's
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
 
@@ -194,8 +242,8 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
                                   weight_decay=cfg.train.weight_decay)
     start, env_steps, wall_offset = 0, 0, 0.0
     checkpoint = run_dir / CHECKPOINT
-    if cfg.train.resume and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
+    if previous.checkpoint is not None:
+        state = previous.checkpoint
         policy.load_state_dict(state["model"])
         if state["optimizer"] is not None and cfg.train.strategy != "deepspeed":
             optimizer.load_state_dict(state["optimizer"])
@@ -225,22 +273,29 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
         bar = tqdm(range(start, cfg.train.iterations), initial=start, total=cfg.train.iterations, desc="iterations")
         for iteration in bar:
             metrics: dict[str, float] = {"iter": iteration}
+            restarts, failed = 0.0, 0.0
             if cfg.train.max_env_steps and env_steps >= cfg.train.max_env_steps:
                 break
             if iteration % cfg.train.val_every == 0:
                 val = on_main(lambda: validate(cfg, val_runner, policy, tokenizer, generate_fn))
                 metrics.update(val)
+                restarts += val["val/worker_restarts"]
+                failed += val["val/failed_episodes"]
                 if on_validation is not None:
                     on_validation(iteration, env_steps, val)
 
             # ---- rollout: B groups x N trajectories, one sample per env step
             policy.eval()
-            batch, dropped = on_main(lambda: collect(cfg, train_runner, policy, tokenizer, iteration, generate_fn))
+            batch, dropped, summary, train_restarts = on_main(
+                lambda: checked_collect(cfg, train_runner, policy, tokenizer, iteration, generate_fn))
+            restarts += train_restarts
+            failed += summary["failed_episodes"]
             env_steps += len(batch.records)
 
             # ---- advantages (GiGPO Eq. 8, or GraphGPO / GRPO / RLOO), invalid-action penalty included
             t0 = time.perf_counter()
             advantages, adv_stats = compute_step_advantages(cfg, batch)
+            check_finite("advantage", advantages)
             advantage_s = time.perf_counter() - t0
 
             # ---- PPO update
@@ -252,14 +307,17 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             else:
                 loss_stats = update(cfg, policy, reference, optimizer, batch, advantages, iteration)
             update_s = time.perf_counter() - t0
+            check_finite("loss or gradient norm", loss_stats)
 
             # ---- log
-            metrics.update({f"train/{k}": v for k, v in episode_summary(batch.records).items()})
+            metrics.update({f"train/{k}": v for k, v in summary.items()})
             metrics.update(adv_stats)
             metrics.update(loss_stats)
             metrics.update({
                 "env_steps": env_steps,
                 "train/dropped_groups": dropped,
+                "env/failed_episodes": failed,
+                "env/worker_restarts": restarts,
                 "time/rollout_s": batch.total_s,
                 "time/generate_s": batch.generate_s,
                 "time/env_s": max(batch.total_s - batch.generate_s, 0.0),
@@ -281,7 +339,8 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.iterations or budget_spent:
                 # ZeRO partitions the optimizer state: DeepSpeed checkpoints hold the weights only.
                 save_checkpoint(run_dir, done, policy, optimizer if ds_engine is None else None,
-                                {"env_steps": env_steps, "wall_s": time.perf_counter() - wall_start})
+                                {"env_steps": env_steps, "wall_s": time.perf_counter() - wall_start,
+                                 "config": json.dumps(config, sort_keys=True)})
 
         # ---- final validation, logged as the iteration after the last one
         final_val = on_main(lambda: validate(cfg, val_runner, policy, tokenizer, generate_fn))
@@ -289,7 +348,9 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             return float(final_val.get("val/success", 0.0))
         last = metrics_log.last_iteration() + 1
         metrics_log.write({"iter": last, "env_steps": env_steps, "final": True,
-                           "time/wall_s": time.perf_counter() - wall_start, **final_val})
+                           "time/wall_s": time.perf_counter() - wall_start,
+                           "env/failed_episodes": final_val["val/failed_episodes"],
+                           "env/worker_restarts": final_val["val/worker_restarts"], **final_val})
         if on_validation is not None:
             on_validation(last, env_steps, final_val)
     finally:
@@ -297,7 +358,7 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             if runner is not None:
                 runner.close()
     summary = {"final/val_success": final_val.get("val/success", 0.0), "env_steps": env_steps}
-    (run_dir / "summary.json").write_text(json.dumps({**summary, **final_val}, indent=2, sort_keys=True))
+    atomic_write_text(run_dir / "summary.json", json.dumps({**summary, **final_val}, indent=2, sort_keys=True))
     metrics_log.close(summary)
     return float(summary["final/val_success"])
 
@@ -309,9 +370,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     file = run_dir / CHECKPOINT if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"checkpoint: {file} does not exist")
+    state = load_checkpoint(file)  # a corrupt file fails here, naming it, before the model is built
     seed_everything(cfg.train.seed)
     policy, _, tokenizer = build_policy(cfg, run_dir)
-    policy.load_state_dict(load_checkpoint(file)["model"])
+    policy.load_state_dict(state["model"])
     runner = make_runner(cfg, validation=True)
     try:
         result = validate(cfg, runner, policy, tokenizer)
@@ -319,7 +381,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         runner.close()
     out_dir = Path(cfg.run_dir or ".")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    atomic_write_text(out_dir / "eval.json", json.dumps(result, indent=2, sort_keys=True))
+    if not (out_dir / "metrics.jsonl").exists():  # an evaluation folder; a training run keeps its own record
+        write_provenance(out_dir, cfg)
     for key, value in sorted(result.items()):
         print(f"{key:40s} {value:.3f}")
     return result

@@ -52,7 +52,8 @@ from sweeps.objective import Objective, SearchSpace, compose, load_space, trial_
 log = logging.getLogger("sweeps")
 
 # Overrides that change how a run is logged or executed, not what it computes: left out of study names.
-NOT_IN_NAME = ("experiment", "experiment_name", "logger", "train.resume", "env.workers", "train.threads", "train.device")
+NOT_IN_NAME = ("experiment", "experiment_name", "logger", "train.resume", "train.overwrite", "env.workers",
+               "train.threads", "train.device")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

@@ -176,10 +176,74 @@ def test_ablation_table_rows_are_parameter_values(varied, tmp_path):
     tables = tables_main([str(varied), "--out", str(tmp_path), "--param", "algo.step_weight"])
     table = tables["ablation_algo.step_weight_sokoban"]
     assert list(table.index) == [0.5, 1.0]
+    # step_weight does not apply to GRPO: no GRPO column, and GRPO's two seeds stay one cell
+    assert "GRPO" not in table.columns.get_level_values(0)
     for d, weight in weights.items():  # one seed per (method, weight): the mean is that run's success
-        method = "GRPO" if config(d)["algo"]["name"] == "grpo" else "GiGPO (mean)"
-        assert table.loc[weight, (method, "mean")] == pytest.approx(100 * final_line(d)["val/success"])
+        if config(d)["algo"]["name"] == "gigpo":
+            assert table.loc[weight, ("GiGPO (mean)", "mean")] == pytest.approx(100 * final_line(d)["val/success"])
+            cell = f"GiGPO (mean), algo.step_weight={weight}"
+            assert tables["sokoban"].loc[cell, ("seeds", "")] == 1
+    assert tables["sokoban"].loc["GRPO", ("seeds", "")] == 2
     assert (tmp_path / "ablation_algo.step_weight_sokoban.csv").exists()
+
+
+def test_runs_differing_in_a_setting_are_separate_cells_and_one_seed_shows_no_spread(varied, tmp_path):
+    gigpo = [d for d in run_dirs(varied) if config(d)["algo"]["name"] == "gigpo"]
+    rewrite(gigpo[1], {"train.lr": 0.01, "logger.name": "wandb", "env.workers": 2}, {})  # the last two: no setting
+    tables = tables_main([str(varied), "--out", str(tmp_path)])
+    index = list(tables["sokoban"].index)
+    assert index == ["GRPO, train.lr=0.001", "GiGPO (mean), train.lr=0.001", "GiGPO (mean), train.lr=0.01"]
+    markdown = (tmp_path / "sokoban.md").read_text()
+    solo = 100 * final_line(gigpo[1])["val/success"]
+    assert f"| GiGPO (mean), train.lr=0.01 | {solo:.1f} |" in markdown
+    assert markdown.count("±") == 1  # only the two-seed GRPO cell has a spread
+
+
+def test_duplicate_seeds_in_a_cell_are_refused(varied):
+    first = run_dirs(varied)[0]
+    shutil.copytree(first, varied / "copy_of_a_run")
+    with pytest.raises(ValueError, match=r"seed\(s\) \[\d\] appear in more than one run"):
+        build_tables(runs_frame(load_runs([varied])))
+
+
+def test_unfinished_runs_are_left_out_unless_asked_and_then_marked(varied, tmp_path):
+    cut = run_dirs(varied)[0]
+    lines = (cut / "metrics.jsonl").read_text().splitlines()
+    (cut / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # no final validation line
+    method = "GRPO" if config(cut)["algo"]["name"] == "grpo" else "GiGPO (mean)"
+    table = build_tables(runs_frame(load_runs([varied])))["sokoban"]
+    assert table.loc[method, ("seeds", "")] == 1
+    table = tables_main([str(varied), "--out", str(tmp_path), "--include-unfinished"])["sokoban"]
+    marked = f"{method} (1 unfinished)"
+    assert table.loc[marked, ("seeds", "")] == 2 and table.loc[marked, ("unfinished", "")] == 1
+
+
+def test_study_keeps_raw_logs_and_a_table_row_recomputes_from_them(varied, tmp_path):
+    from analysis.study import main as study_main
+
+    out = tmp_path / "study"
+    study_main([str(varied), "--out", str(out)])
+    kept = sorted((out / "runs").iterdir())
+    assert [p.name for p in kept] == ["gigpo_mean_s0", "gigpo_mean_s1", "grpo_s0", "grpo_s1"]
+    for run_dir in kept:
+        assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "provenance.json"}
+        assert not (run_dir / "checkpoints").exists()
+    # the committed table's row, recomputed from the kept raw logs alone with the analysis command
+    recomputed = tmp_path / "recomputed"
+    done = subprocess.run([sys.executable, "-m", "analysis.tables", str(out / "runs"), "--out", str(recomputed)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    committed = pd.read_csv(out / "sokoban.csv", index_col="Method")
+    again = pd.read_csv(recomputed / "sokoban.csv", index_col="Method")
+    pd.testing.assert_series_equal(committed.loc["GRPO"], again.loc["GRPO"])
+    mean, std = expected(kept[2:], "val/success")["GRPO"]
+    assert again.loc["GRPO", "Success mean"] == pytest.approx(mean) and again.loc["GRPO", "Success std"] == pytest.approx(std)
+    # one seed a side: no test and no interval
+    from analysis.study import significance
+
+    one = pd.DataFrame({"method": ["GRPO", "GiGPO (mean)"], "final success": [0.2, 0.4]})
+    row = significance(one, "GRPO").loc["GiGPO (mean)"]
+    assert pd.isna(row["ci95 low"]) and pd.isna(row["ci95 high"]) and pd.isna(row["p"])
 
 
 def test_errors_name_the_path(varied):
@@ -230,7 +294,13 @@ def test_wandb_runs_load_into_the_same_form(real_runs, monkeypatch):
             return [{"_step": row["iter"], "_runtime": 1.0, **{k: v for k, v in row.items() if k != "iter"}}
                     for row in lines]
 
-    api = types.SimpleNamespace(runs=lambda path: [RemoteRun()] if path == "me/gigpo" else [])
+    seen_filters = []
+
+    def runs(path, filters=None):
+        seen_filters.append(filters)
+        return [RemoteRun()] if path == "me/gigpo" else []
+
+    api = types.SimpleNamespace(runs=runs)
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=lambda: api))
     [remote] = load_runs(["wandb:me/gigpo"])
     [local] = load_runs([run_dir])
@@ -238,3 +308,5 @@ def test_wandb_runs_load_into_the_same_form(real_runs, monkeypatch):
     assert (remote.method, remote.env, remote.seed) == (local.method, local.env, local.seed)
     assert list(remote.history["iter"]) == list(local.history["iter"])
     assert remote.final["val/success"] == local.final["val/success"]
+    load_runs(["wandb:me/gigpo"], wandb_group="repro", wandb_tags=["v2"])  # the source takes a group/tag filter
+    assert seen_filters[-1] == {"group": "repro", "tags": {"$all": ["v2"]}}

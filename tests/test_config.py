@@ -40,7 +40,7 @@ def test_every_group_combination_composes(algo, env, model, logger):
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(experiment):
     cfg = compose_cfg([f"+experiment={experiment}", "model.path=/models/qwen"])
-    check(cfg)
+    check(cfg, runtime=False)  # GPU experiments: CUDA and torchrun are checked at launch
     assert OmegaConf.missing_keys(cfg) == set()
 
 
@@ -73,6 +73,62 @@ def test_typos_fail_at_composition(override, culprit):
 def test_bad_values_fail_the_check(override, culprit):
     with pytest.raises(ValueError, match=culprit):
         check(compose_cfg([override]))
+
+
+@pytest.mark.parametrize("override, culprit, allowed", [
+    ("train.grad_clip=-1", "train.grad_clip", ">= 0"),
+    ("train.lr=-0.001", "train.lr", ">= 0"),
+    ("algo.clip_low=-0.2", "algo.clip_low", ">= 0"),
+    ("algo.clip_high=-0.2", "algo.clip_high", ">= 0"),
+    ("algo.kl_coef=-1", "algo.kl_coef", ">= 0"),
+    ("algo.entropy_coef=-0.01", "algo.entropy_coef", ">= 0"),
+    ("model.temperature=-0.5", "model.temperature", ">= 0"),
+    ("model.val_temperature=-1", "model.val_temperature", ">= 0"),
+    ("model.top_p=0", "model.top_p", "(0.0, 1.0]"),
+    ("model.top_p=1.5", "model.top_p", "(0.0, 1.0]"),
+    ("train.iterations=0", "train.iterations", ">= 1"),
+    ("train.iterations=-3", "train.iterations", ">= 1"),
+    ("train.max_env_steps=-1", "train.max_env_steps", ">= 0"),
+    ("env.history_len=-1", "env.history_len", ">= 0"),
+    ("algo.max_resample=-1", "algo.max_resample", ">= 0"),
+    ("model.lora_rank=-4", "model.lora_rank", ">= 0"),
+    ("env.workers=-1", "env.workers", ">= 0"),
+    ("env.step_timeout_s=0", "env.step_timeout_s", "> 0"),
+    ("env.step_timeout_s=-5", "env.step_timeout_s", "> 0"),
+    ("model.heads=3", "model.heads", "divide model.hidden_size=64"),
+    ("model.max_prompt_tokens=0", "model.max_prompt_tokens", ">= 1"),
+    ("train.lr=nan", "train.lr", "finite"),
+])
+def test_values_that_corrupt_training_fail_the_check(override, culprit, allowed):
+    with pytest.raises(ValueError) as err:
+        check(compose_cfg([override]))
+    assert culprit in str(err.value) and allowed in str(err.value)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo"])
+def test_group_baselines_need_two_trajectories(algo):
+    with pytest.raises(ValueError, match=f"algo.group_size=1 must be >= 2 for algo.name={algo}"):
+        check(compose_cfg([f"algo={algo}", "algo.group_size=1"]))
+    check(compose_cfg(["algo=gigpo", "algo.group_size=1"]))  # GiGPO's step groups still carry signal
+
+
+def test_machine_requirements_fail_the_check_with_the_fix(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ValueError, match="train.strategy=deepspeed.*torchrun"):
+        check(compose_cfg(["train.strategy=deepspeed"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="train.device=cuda: CUDA is not available"):
+        check(compose_cfg(["train.device=cuda"]))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "textworld" else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match=r"env=alfworld needs .*'textworld'.*pip install -c constraints.txt -e \"\.\[alfworld\]\""):
+        check(compose_cfg(["env=alfworld"]))
 
 
 def test_env_options_build_the_env():

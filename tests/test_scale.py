@@ -29,6 +29,53 @@ def compose_cfg(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
+@pytest.fixture(scope="session")
+def extensions_dir(tmp_path_factory) -> Path:
+    """DeepSpeed's CPU communication op is JIT-built once per test session into this folder, so a
+    stale build lock left in ~/.cache/torch_extensions by a killed run cannot hang these tests."""
+    return tmp_path_factory.mktemp("torch_extensions")
+
+
+def run_process_group(command: list[str], cwd: Path, env: dict, extensions: Path,
+                      timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``command`` (torchrun and its ranks) in its own process group; on timeout kill the whole
+    group, so no rank outlives the test. JIT extensions build into ``extensions``."""
+    import signal
+
+    env = {**env, "TORCH_EXTENSIONS_DIR": str(extensions)}
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{command[:6]}... timed out after {timeout} s; its process group was killed\n{stderr[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def test_a_timed_out_process_group_leaves_no_process(tmp_path):
+    """The helper's contract: a launcher and its children are all gone after a timeout."""
+    pids = tmp_path / "pids"
+    script = (f"import os, subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', 'import time; "
+              f"time.sleep(600)']); open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}'); time.sleep(600)")
+    with pytest.raises(pytest.fail.Exception, match="timed out"):
+        run_process_group([sys.executable, "-c", script], tmp_path, dict(os.environ), tmp_path, timeout=5)
+    import time
+
+    time.sleep(0.5)
+    for pid in map(int, pids.read_text().split()):
+        try:
+            os.kill(pid, 0)
+            alive = not Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        except ProcessLookupError:
+            alive = False
+        assert not alive, pid
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,7 +125,8 @@ def test_lora_update_moves_only_adapter_weights_and_improves_the_objective(tmp_p
 
 # ---- DeepSpeed ZeRO data parallelism ----
 
-def run_update(tmp_path: Path, strategy: str, processes: int = 1, zero_stage: int = 2) -> dict:
+def run_update(tmp_path: Path, strategy: str, processes: int = 1, zero_stage: int = 2,
+               extensions: Path | None = None) -> dict:
     out = tmp_path / f"{strategy}_{processes}_{zero_stage}.pt"
     module = ["-m", "gigpo.scale.dp_check", "--strategy", strategy, "--zero-stage", str(zero_stage), "--out", str(out)]
     if strategy == "single":
@@ -86,7 +134,7 @@ def run_update(tmp_path: Path, strategy: str, processes: int = 1, zero_stage: in
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                    "--master_port", str(free_port()), *module]
-    result = subprocess.run(command, cwd=tmp_path, env=DIST_ENV, capture_output=True, text=True, timeout=600)
+    result = run_process_group(command, tmp_path, DIST_ENV, extensions or tmp_path / "torch_extensions")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return torch.load(out, weights_only=False)
 
@@ -100,11 +148,11 @@ def assert_same_update(a: dict, b: dict) -> None:
 
 
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed not installed")
-def test_deepspeed_zero2_two_processes_match_the_single_process_update(tmp_path):
+def test_deepspeed_zero2_two_processes_match_the_single_process_update(tmp_path, extensions_dir):
     # Two PPO epochs x two mini-batches (8 + 4 samples) in micro-batches of 3: rank 1 runs out of rows
     # in some mini-batches and joins the backward with weight 0; the update must not notice.
     single = run_update(tmp_path, "single")
-    two = run_update(tmp_path, "deepspeed", processes=2, zero_stage=2)
+    two = run_update(tmp_path, "deepspeed", processes=2, zero_stage=2, extensions=extensions_dir)
     assert two["world_size"] == 2
     assert_same_update(single, two)
 
@@ -112,8 +160,9 @@ def test_deepspeed_zero2_two_processes_match_the_single_process_update(tmp_path)
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed not installed")
 @pytest.mark.parametrize("processes, zero_stage", [(1, 2), (2, 3)])
-def test_deepspeed_other_layouts_match_the_single_process_update(tmp_path, processes, zero_stage):
-    assert_same_update(run_update(tmp_path, "single"), run_update(tmp_path, "deepspeed", processes, zero_stage))
+def test_deepspeed_other_layouts_match_the_single_process_update(tmp_path, extensions_dir, processes, zero_stage):
+    assert_same_update(run_update(tmp_path, "single"),
+                       run_update(tmp_path, "deepspeed", processes, zero_stage, extensions=extensions_dir))
 
 
 # ---- vLLM backend guards (the engine itself needs a GPU) ----
@@ -281,7 +330,7 @@ def test_gpu_smoke_fails_clearly_without_cuda():
     assert out.returncode != 0 and "CUDA" in out.stderr
 
 
-def test_training_loop_runs_under_torchrun_with_deepspeed(tmp_path):
+def test_training_loop_runs_under_torchrun_with_deepspeed(tmp_path, extensions_dir):
     """`train.strategy=deepspeed` end to end: 2 CPU ranks, rank 0 rolls out and logs."""
     import json
     import os
@@ -291,14 +340,14 @@ def test_training_loop_runs_under_torchrun_with_deepspeed(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
-    out = subprocess.run(
+    out = run_process_group(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          str(root / "run.py"),
          "train.strategy=deepspeed", "train.iterations=2", "env.groups=2", "algo.group_size=4", "env.val_episodes=4",
-         "train.val_every=1", "logger=none", f"run_dir={tmp_path}"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+         "train.val_every=1", "logger=none", f"run_dir={tmp_path / 'run'}"],
+        root, env, extensions_dir,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows] == [0, 1, 2]  # one writer: rank 0
-    assert "loss/policy_loss" in rows[0] and (tmp_path / "checkpoints" / "last.pt").exists()
+    assert "loss/policy_loss" in rows[0] and (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -20,6 +20,7 @@ REQUIRED_KEYS = [
     "step_groups/count", "step_groups/mean_size", "step_groups/singleton_share", "step_groups/size_hist/1",
     "step_groups/size_hist/2-5", "step_groups/size_hist/6-9", "step_groups/size_hist/10+", "time/rollout_s",
     "time/advantage_s", "time/update_s", "perf/tokens_per_s", "perf/peak_mem_mb", "loss/policy_loss",
+    "env/failed_episodes", "env/worker_restarts", "val/failed_episodes", "train/failed_episodes",
 ]
 
 

@@ -159,11 +159,17 @@ class AlfWorldEnv:
         import textworld
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
-        if self._engine is None:
-            request_infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
-            self._engine = textworld.start(str(game_file), request_infos, wrappers=[AlfredDemangler(), AlfredInfos])
-        else:
-            self._engine.load(str(game_file))
+        try:
+            if self._engine is None:
+                request_infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
+                self._engine = textworld.start(str(game_file), request_infos,
+                                               wrappers=[AlfredDemangler(), AlfredInfos])
+            else:
+                self._engine.load(str(game_file))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+            self.close()
+            raise ValueError(f"alfworld: corrupt game file {game_file} ({type(error).__name__}: {error}); "
+                             "delete it or re-extract the split's archive") from error
         self._loaded = game_file
 
     def _observe(self, observation: str, reward: float, won: bool, valid: bool) -> Step:

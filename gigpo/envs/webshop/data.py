@@ -100,6 +100,8 @@ def _pick(data_dir: Path, names: tuple[str, ...]) -> Path:
 
 
 def _read_json(path: Path) -> Any:
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path.name}: the file is empty (0 bytes) in {path.parent}")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -115,9 +117,22 @@ def _is_str_list(x: Any) -> bool:
     return isinstance(x, list) and all(isinstance(v, str) for v in x)
 
 
+PRICE = re.compile(r"\s*(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\d.,eE])")
+
+
 def parse_price(pricing: str) -> tuple[float, str]:
-    """("$12.99 - $15.99") -> (12.99, "$12.99 to $15.99"); the lower bound is the buying price."""
-    values = [float(re.sub(r"[^\d.]", "", part)) for part in pricing.split("$")[1:] if re.search(r"\d", part)]
+    """("$12.99 - $15.99") -> (12.99, "$12.99 to $15.99"); the lower bound is the buying price.
+
+    Each "$" must be followed by a plain decimal amount ("1,299.00" allowed); anything else
+    ("$1e308", "$12.3.4") is an error, never a number made of the digits that happen to be there."""
+    values = []
+    for part in pricing.split("$")[1:]:
+        if not re.search(r"\d", part):
+            continue
+        match = PRICE.match(part)
+        if match is None:
+            raise ValueError(f"not a price: {'$' + part.strip()!r} in {pricing!r}")
+        values.append(float(match.group(1).replace(",", "") + (match.group(2) or "")))
     if not values:
         raise ValueError(f"no price in {pricing!r}")
     tag = f"${values[0]:.2f}" if len(values) == 1 else f"${values[0]:.2f} to ${values[1]:.2f}"
@@ -219,6 +234,7 @@ def _load(data_dir: Path) -> Catalog:
     ins_path = _pick(data_dir, (INSTRUCTION_FILE,))
     raw_products, attributes, instructions = (_read_json(p) for p in (product_path, attr_path, ins_path))
     _need(isinstance(raw_products, list), product_path, "top level", "must be a list of products")
+    _need(bool(raw_products), product_path, "top level", "holds no products (an empty list)")
     _need(isinstance(attributes, dict), attr_path, "top level", "must be an object keyed by asin")
     _need(isinstance(instructions, dict), ins_path, "top level", "must be an object keyed by asin")
 
@@ -230,7 +246,6 @@ def _load(data_dir: Path) -> Catalog:
         if product["asin"] not in seen:
             seen.add(product["asin"])
             products.append(product)
-    by_asin = {p["asin"]: p for p in products}
 
     for asin, records in instructions.items():
         _need(isinstance(records, list), ins_path, f"asin {asin}", "must be a list of instructions")
