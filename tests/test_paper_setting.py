@@ -30,7 +30,7 @@ def compose_cfg(overrides: list[str]):
 @pytest.mark.parametrize("experiment", [e for e in PAPER_EXPERIMENTS if e.startswith("alfworld")])
 def test_alfworld_experiments_pin_the_reference_settings(experiment):
     cfg = compose_cfg([f"+experiment={experiment}", "model.path=/models/qwen"])
-    check(cfg)
+    check(cfg, runtime=False)  # GPU experiment files: composition only on this CPU machine
     assert (cfg.algo.mode, cfg.algo.episode_stats, cfg.algo.entropy_coef) == ("mean_std", "step", 0.001)
     assert (cfg.train.weight_decay, cfg.train.val_every) == (0.01, 5)
     assert (cfg.env.val_episodes, cfg.env.val_pool, cfg.env.projection) == (128, 140, "paper")
@@ -43,7 +43,7 @@ def test_paper_prompt_asks_for_what_the_parser_accepts(experiment, tmp_path, mon
     and check the experiment's projection accepts the answer."""
     monkeypatch.setenv("GIGPO_CACHE", str(tmp_path))
     cfg = compose_cfg([f"+experiment={experiment}", "model.path=/models/qwen"])
-    check(cfg)
+    check(cfg, runtime=False)
     assert cfg.env.projection == "paper" and not cfg.env.compact_prompt and not cfg.model.constrained
     options = env_options(cfg.env, validation=True)
     if cfg.env.name == "alfworld":
