@@ -85,8 +85,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--profile", action="store_true",
+                        help="per-phase breakdown of --iterations iterations (benchmarks/profile.py) instead")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every method")
     args = parser.parse_args()
+    if args.profile:
+        from benchmarks.profile import profile
+
+        profile(args.iterations, args.overrides)
+        return
     results: dict[str, list[dict]] = {"gigpo": [], "graphgpo": [], "grpo": []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):

@@ -137,6 +137,16 @@ def sampling_warpers(top_k: int, top_p: float) -> list:
     return warpers
 
 
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_tokens: int) -> list[list[int]]:
+    """Token ids of each prompt, cut from the left beyond ``max_tokens``; each distinct prompt is encoded
+    once (a group's trajectories share their first prompt)."""
+    tokenizer.truncation_side = "left"
+    distinct = list(dict.fromkeys(prompts))
+    ids = tokenizer(distinct, truncation=True, max_length=max_tokens, add_special_tokens=False)["input_ids"]
+    by_prompt = dict(zip(distinct, ids))
+    return [by_prompt[p] for p in prompts]
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -148,22 +158,144 @@ def generate(
     logprobs: bool = False,
 ) -> list[Sample]:
     """Sample one response per prompt (greedy when temperature == 0); with ``logprobs``, each sample
-    also carries the sampler's log-prob of its tokens (from the processed scores it sampled from)."""
-    tokenizer.truncation_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
-                    max_length=cfg.max_prompt_tokens, add_special_tokens=False).to(model.device)
-    width = enc["input_ids"].shape[1]
-    allowed = None
-    max_new_tokens = cfg.max_response_tokens
+    also carries the sampler's log-prob of its tokens (from the processed scores it sampled from).
+
+    ``cfg.sampler`` picks the loop: "native" (``_sample_native``) or "hf" (transformers' ``generate``);
+    both sample from softmax(warp(mask(z / T))), the distribution ``token_logprobs`` scores.
+    """
+    prompt_ids = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
     eos = tokenizer.eos_token_id
+    max_new_tokens = cfg.max_response_tokens
+    tries = None
     if admissible is not None:
         tries = [ActionTrie.of(tokenizer, tuple(actions)) for actions in admissible]
-
-        def allowed(row: int, ids: torch.Tensor) -> list[int]:
-            return tries[row].allowed(tuple(ids[width:].tolist()), tokenizer.pad_token_id)
-
         # A constrained response is as long as its action: never cut one (WebShop queries are long).
         max_new_tokens = max(max_new_tokens, max(t.depth for t in tries))
+    sample = _sample_hf if getattr(cfg, "sampler", "native") == "hf" else _sample_native
+    responses, scores = sample(model, tokenizer, prompt_ids, cfg, temperature, tries, max_new_tokens, logprobs)
+    samples = []
+    for row, response in enumerate(responses):
+        # Cut after the first EOS by position: filtering pad ids would drop the EOS when pad == eos.
+        if eos in response:
+            response = response[: response.index(eos) + 1]
+        response = response or [eos]
+        # Strip only the final EOS: format tags must survive decoding whatever kind of token they are.
+        text = tokenizer.decode(response[:-1] if response[-1] == eos else response, skip_special_tokens=False)
+        allowed_here = None
+        if tries is not None:
+            allowed_here = [tries[row].allowed(tuple(response[:k]), tokenizer.pad_token_id) for k in range(len(response))]
+        sampled = scores[row][: len(response)] if logprobs else None
+        samples.append(Sample(prompt_ids[row], response, text, allowed_here, sampled))
+    return samples
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded [B, W] ids and attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _sample_native(model, tokenizer, prompt_ids, cfg, temperature, tries, max_new_tokens, logprobs):
+    """Token-by-token sampling with a KV cache, in a plain loop.
+
+    Against transformers' ``generate`` it saves work, never changes the distribution:
+    - each distinct prompt is prefilled once and its cache copied to the rows that share it;
+    - a constrained position with a single allowed token has probability 1 under the mask: it is
+      appended without sampling (log-prob 0), and the tokens of all such positions reach the model
+      together in the next forward (rows' new tokens are right-aligned, shorter ones padded on the
+      left with masked holes: positions come from the attention mask, as with left padding);
+    - a row leaves the batch at its EOS (or at ``max_new_tokens``), so the tail of an action after its
+      last choice, forced up to the EOS, costs no forward at all.
+    """
+    device = next(model.parameters()).device
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    warpers = sampling_warpers(cfg.top_k, cfg.top_p) if temperature > 0 else []
+    n = len(prompt_ids)
+    responses: list[list[int]] = [[] for _ in range(n)]
+    scores: list[list[float]] = [[] for _ in range(n)]
+
+    # ---- prefill each distinct prompt once, then give every row its prompt's cache
+    distinct = {tuple(p): i for i, p in reversed(list(enumerate(prompt_ids)))}
+    first = list(dict.fromkeys(distinct[tuple(p)] for p in prompt_ids))  # one row per distinct prompt
+    slot = {row: k for k, row in enumerate(first)}
+    ids, mask = _left_pad([prompt_ids[i] for i in first], pad, device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                logits_to_keep=1)
+    expand = torch.tensor([slot[distinct[tuple(p)]] for p in prompt_ids], device=device)
+    cache = out.cache
+    cache.batch_select_indices(expand)
+    mask = mask[expand]  # [B, W] attention mask of everything in the cache
+    logits = out.logits[expand, -1]  # [B, V]
+    active = list(range(n))  # batch row -> sample index
+    fed = [0] * n  # response tokens already in the cache
+
+    while True:
+        # ---- one choice per active row from its logits (forced positions are sampled under a one-token mask)
+        z = logits.float()
+        if temperature > 0 and temperature != 1.0:
+            z = z / temperature
+        if tries is not None:
+            keep = torch.zeros_like(z, dtype=torch.bool)
+            for b, i in enumerate(active):
+                keep[b, tries[i].allowed(tuple(responses[i]), pad)] = True
+            z = z.masked_fill(~keep, float("-inf"))
+        for warp in warpers:
+            z = warp(None, z)
+        if temperature > 0:
+            tokens = torch.multinomial(F.softmax(z, dim=-1), num_samples=1).squeeze(-1)
+        else:
+            tokens = z.argmax(-1)
+        taken = F.log_softmax(z, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist() if logprobs else None
+        still = []
+        for b, (i, token) in enumerate(zip(active, tokens.tolist())):
+            responses[i].append(token)
+            if logprobs:
+                scores[i].append(taken[b])
+            # ---- forced tokens: a single allowed continuation has probability 1 under the mask
+            if tries is not None:
+                while responses[i][-1] != eos and len(responses[i]) < max_new_tokens:
+                    options = tries[i].allowed(tuple(responses[i]), pad)
+                    if len(options) != 1:
+                        break
+                    responses[i].append(options[0])
+                    if logprobs:
+                        scores[i].append(0.0)
+            if responses[i][-1] != eos and len(responses[i]) < max_new_tokens:
+                still.append(b)
+        if not still:
+            break
+        # ---- drop finished rows, then feed every row's new tokens in one forward
+        if len(still) < len(active):
+            index = torch.tensor(still, device=device)
+            cache.batch_select_indices(index)
+            mask = mask[index]
+            active = [active[b] for b in still]
+        new = [responses[i][fed[i]:] for i in active]
+        for i in active:
+            fed[i] = len(responses[i])
+        ids, new_mask = _left_pad(new, pad, device)
+        mask = torch.cat([mask, new_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                    logits_to_keep=1)
+        cache, logits = out.cache, out.logits[:, -1]
+    return responses, scores
+
+
+def _sample_hf(model, tokenizer, prompt_ids, cfg, temperature, tries, max_new_tokens, logprobs):
+    """transformers' ``generate`` with the constraint as ``prefix_allowed_tokens_fn``."""
+    ids, mask = _left_pad(prompt_ids, tokenizer.pad_token_id, model.device)
+    width = ids.shape[1]
+    allowed = None
+    if tries is not None:
+        def allowed(row: int, ids: torch.Tensor) -> list[int]:
+            return tries[row].allowed(tuple(ids[width:].tolist()), tokenizer.pad_token_id)
 
     # Every setting that shapes the distribution is set here, to a neutral value unless configured:
     # an unset one would be filled from the model's generation_config, then from transformers'
@@ -175,29 +307,16 @@ def generate(
         sampling = dict(neutral, do_sample=True, temperature=temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     else:
         sampling = dict(neutral, do_sample=False, temperature=1.0)
-    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
-                               output_scores=logprobs, return_dict_in_generate=True, **sampling)
-    out = model.generate(**enc, generation_config=gen_cfg, prefix_allowed_tokens_fn=allowed)
-    sequences = out.sequences
-    samples = []
-    for row in range(len(prompts)):
-        prompt_ids = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
-        response = sequences[row, width:].tolist()
-        # Cut after the first EOS by position: filtering pad ids would drop the EOS when pad == eos.
-        if eos in response:
-            response = response[: response.index(eos) + 1]
-        response = response or [eos]
-        # Strip only the final EOS: format tags must survive decoding whatever kind of token they are.
-        text = tokenizer.decode(response[:-1] if response[-1] == eos else response, skip_special_tokens=False)
-        allowed_here = None
-        if admissible is not None:
-            allowed_here = [tries[row].allowed(tuple(response[:k]), tokenizer.pad_token_id) for k in range(len(response))]
-        sampled = None
-        if logprobs:
-            sampled = [float(torch.log_softmax(out.scores[k][row].float(), -1)[token]) for k, token in
-                       enumerate(response[: len(out.scores)])]
-        samples.append(Sample(prompt_ids, response, text, allowed_here, sampled))
-    return samples
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=tokenizer.eos_token_id, output_scores=logprobs,
+                               return_dict_in_generate=True, **sampling)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, prefix_allowed_tokens_fn=allowed)
+    responses = out.sequences[:, width:].tolist()
+    scores = None
+    if logprobs:
+        steps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)  # [B, T, V]
+        scores = steps.gather(-1, out.sequences[:, width:, None]).squeeze(-1).tolist()
+    return responses, scores
 
 
 def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
