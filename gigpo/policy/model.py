@@ -323,27 +323,28 @@ def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None
     """Right-padded [B, L] input ids, attention mask, the mask of response tokens among targets [B, L-1],
     and (for constrained samples, given ``vocab_size``) the allowed-token mask [N, V] of the N response
     tokens only, in the row-major order of ``response_mask.nonzero()``."""
-    prompt_ids = [s.prompt_ids for s in samples]
-    response_ids = [s.response_ids for s in samples]
-    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
-    width = max(lengths)
-    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(lengths), width), dtype=torch.long)
-    response_mask = torch.zeros((len(lengths), width - 1), dtype=torch.float32)  # aligned with targets ids[:, 1:]
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-        attention[i, : len(p) + len(r)] = 1
-        response_mask[i, len(p) - 1 : len(p) + len(r) - 1] = 1.0
+    prompt_len = torch.tensor([len(s.prompt_ids) for s in samples])  # [B]
+    lengths = prompt_len + torch.tensor([len(s.response_ids) for s in samples])  # [B]
+    width = int(lengths.max())
+    position = torch.arange(width)  # [L]
+    attention = (position < lengths[:, None]).long()  # [B, L]
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    ids[attention.bool()] = torch.tensor([t for s in samples for t in (*s.prompt_ids, *s.response_ids)], dtype=torch.long)
+    target = position[:-1]  # aligned with targets ids[:, 1:]
+    response_mask = ((target >= prompt_len[:, None] - 1) & (target < lengths[:, None] - 1)).float()  # [B, L-1]
     batch = {"input_ids": ids.to(device), "attention_mask": attention.to(device), "response_mask": response_mask.to(device)}
     if vocab_size is not None and any(s.allowed for s in samples):
-        allowed = torch.ones((sum(len(r) for r in response_ids), vocab_size), dtype=torch.bool)
+        constrained, rows, tokens = [], [], []
         row = 0
         for s in samples:
-            if s.allowed:
-                for k, tokens in enumerate(s.allowed):
-                    allowed[row + k].zero_()
-                    allowed[row + k, tokens] = True
+            for k, options in enumerate(s.allowed or []):
+                constrained.append(row + k)
+                rows.extend([row + k] * len(options))
+                tokens.extend(options)
             row += len(s.response_ids)
+        allowed = torch.ones((row, vocab_size), dtype=torch.bool)  # [N, V]
+        allowed[constrained] = False
+        allowed[rows, tokens] = True
         batch["allowed"] = allowed.to(device)
     return batch
 
