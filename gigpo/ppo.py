@@ -9,6 +9,8 @@ once per distinct sample of a forward and copies the rows (the copy carries the 
 occurrence); the loss still sees every sample with its own advantage. A mini-batch is cut into
 micro-batches of at most ``micro_batch_size`` distinct samples, duplicates kept together: only the
 split changes, and the shares make the summed micro-batch losses the mini-batch loss exactly.
+Inside a forward, each distinct prompt runs once and its responses run on its KV cache
+(``pad_batch(..., share_prompts=True)``), samples of one prompt kept in one micro-batch.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ class Scorer:
         keys: dict[tuple, int] = {}
         self.distinct = [keys.setdefault(_sample_key(s), len(keys)) for s in samples]  # sample -> distinct id
         self.first = self.distinct_rows(list(range(len(samples))))  # distinct id -> its first sample
+        prompts: dict[tuple, int] = {}
+        self.order = [(len(samples[i].prompt_ids), prompts.setdefault(tuple(samples[i].prompt_ids), len(prompts)),
+                       len(samples[i].response_ids)) for i in self.first]
+        """distinct id -> sort key: samples of one prompt together, similar lengths together"""
+        # Each distinct prompt runs once per forward (its KV cache shared by its responses); the cache
+        # is not kept under gradient checkpointing, and ZeRO-3 gathers parameters per call: plain there.
+        self.share_prompts = not cfg.model.get("gradient_checkpointing", False) and \
+            cfg.get("train", {}).get("strategy", "single") == "single"
         self.old: dict[int, torch.Tensor] = {}  # by distinct id
         self.ref: dict[int, torch.Tensor] = {}
 
@@ -52,7 +62,8 @@ class Scorer:
         """Log-probs [len(rows), L-1] (and entropies) of ``rows``, the model run once per distinct sample."""
         ids = [self.distinct[i] for i in rows]
         distinct = list(dict.fromkeys(ids))
-        tensors = pad_batch([self.samples[self.first[d]] for d in distinct], self.pad_id, self.device, self.vocab_size)
+        tensors = pad_batch([self.samples[self.first[d]] for d in distinct], self.pad_id, self.device, self.vocab_size,
+                            self.share_prompts)
         m = self.cfg.model
         # The entropy needs a graph only when it is in the loss; otherwise it is logged from detached log-probs.
         logp, entropy = token_logprobs(model, tensors, m.temperature, with_entropy, m.top_k, m.top_p,
@@ -67,12 +78,11 @@ class Scorer:
 
     def micro_batches(self, mini: list[int], micro: int) -> list[list[int]]:
         """``mini`` cut into micro-batches of at most ``micro`` distinct samples, duplicates together,
-        similar lengths together (less padding)."""
+        the responses of one prompt together, similar lengths together (less padding)."""
         rows_of: dict[int, list[int]] = {}
         for i in mini:
             rows_of.setdefault(self.distinct[i], []).append(i)
-        length = lambda d: len(self.samples[self.first[d]].prompt_ids) + len(self.samples[self.first[d]].response_ids)  # noqa: E731
-        order = sorted(rows_of, key=length)
+        order = sorted(rows_of, key=lambda d: self.order[d])
         return [[i for d in order[s : s + micro] for i in rows_of[d]] for s in range(0, len(order), micro)]
 
     def distinct_rows(self, rows: list[int]) -> list[int]:
@@ -113,7 +123,7 @@ def update(cfg: DictConfig, policy, reference, optimizer, batch: Rollout, advant
     scorer = Scorer(cfg, policy, batch.samples, advantages, cfg.train.device)
     micro = cfg.train.micro_batch_size
     policy.eval()
-    distinct = sorted(scorer.first, key=lambda i: len(batch.samples[i].prompt_ids) + len(batch.samples[i].response_ids))
+    distinct = [scorer.first[d] for d in sorted(range(len(scorer.first)), key=lambda d: scorer.order[d])]
     for start in range(0, len(distinct), micro):
         scorer.record_old(distinct[start : start + micro], policy, reference)
 

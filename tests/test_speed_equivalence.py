@@ -215,3 +215,34 @@ def test_deduplicated_micro_batches_give_the_plain_mini_batch_loss_and_gradients
     assert total == pytest.approx(float(loss), abs=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(fast[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_shared_prompt_scoring_equals_plain_scoring_with_gradients(constrained):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1))
+    rng = random.Random(2)
+    prompts_ = [[rng.randrange(2, 50) for _ in range(rng.randint(1, 12))] for _ in range(4)]
+    samples = []
+    for _ in range(12):  # several responses per prompt, prompts of different lengths
+        r = [rng.randrange(2, 50) for _ in range(rng.randint(1, 6))]
+        allowed = [sorted({t, *rng.sample(range(2, 50), 3)}) for t in r] if constrained else None
+        samples.append(Sample(rng.choice(prompts_), r, "", allowed))
+
+    def run(share: bool):
+        model.zero_grad()
+        batch = pad_batch(samples, 0, "cpu", 50, share_prompts=share)
+        logp, entropy = token_logprobs(model, batch, 0.7, with_entropy=True)
+        mask = batch["response_mask"]
+        ((logp * mask).sum() + 0.1 * (entropy * mask).sum()).backward()
+        return logp.detach(), entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, shared = run(False), run(True)
+    torch.testing.assert_close(shared[0], plain[0], atol=1e-5, rtol=0.0)
+    torch.testing.assert_close(shared[1], plain[1], atol=1e-5, rtol=0.0)
+    for name, grad in plain[2].items():
+        torch.testing.assert_close(shared[2][name], grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -319,10 +319,15 @@ def _sample_hf(model, tokenizer, prompt_ids, cfg, temperature, tries, max_new_to
     return responses, scores
 
 
-def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
+def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None = None,
+              share_prompts: bool = False) -> dict[str, torch.Tensor]:
     """Right-padded [B, L] input ids, attention mask, the mask of response tokens among targets [B, L-1],
     and (for constrained samples, given ``vocab_size``) the allowed-token mask [N, V] of the N response
-    tokens only, in the row-major order of ``response_mask.nonzero()``."""
+    tokens only, in the row-major order of ``response_mask.nonzero()``.
+
+    With ``share_prompts``, also each distinct prompt once, left-padded (``prompt_ids``, ``prompt_mask``
+    [P, Lp]), the prompt of each sample (``prompt_of`` [B]) and the right-padded responses
+    (``response_ids``, ``response_attention`` [B, R]): ``token_logprobs`` then runs each prompt once."""
     prompt_len = torch.tensor([len(s.prompt_ids) for s in samples])  # [B]
     lengths = prompt_len + torch.tensor([len(s.response_ids) for s in samples])  # [B]
     width = int(lengths.max())
@@ -346,7 +351,36 @@ def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None
         allowed[constrained] = False
         allowed[rows, tokens] = True
         batch["allowed"] = allowed.to(device)
+    if share_prompts:
+        first: dict[tuple[int, ...], int] = {}
+        prompt_of = [first.setdefault(tuple(s.prompt_ids), len(first)) for s in samples]
+        batch["prompt_ids"], batch["prompt_mask"] = _left_pad([list(p) for p in first], pad_id, device)
+        batch["prompt_of"] = torch.tensor(prompt_of, device=device)
+        response_len = lengths - prompt_len  # [B]
+        response_attention = torch.arange(int(response_len.max()))[None, :] < response_len[:, None]  # [B, R]
+        response_ids = torch.full(response_attention.shape, pad_id, dtype=torch.long)
+        response_ids[response_attention] = torch.tensor([t for s in samples for t in s.response_ids], dtype=torch.long)
+        batch["response_ids"], batch["response_attention"] = response_ids.to(device), response_attention.long().to(device)
     return batch
+
+
+def _shared_prompt_states(model, batch: dict[str, torch.Tensor], captured: list) -> torch.Tensor:
+    """Final hidden states [N, H] of the positions predicting the response tokens (row-major), each
+    distinct prompt run once: the prompts' KV cache (left-padded, positions from the mask, as in
+    sampling) is copied to their samples, and the responses run on it. The copy is an index into the
+    graph, so gradients of every sample reach the shared prompt."""
+    prompt_mask, prompt_of = batch["prompt_mask"], batch["prompt_of"]  # [P, Lp], [B]
+    out = model(input_ids=batch["prompt_ids"], attention_mask=prompt_mask,
+                position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+    last = captured[-1][:, -1]  # [P, H]: predicts each response's first token
+    cache = out.cache
+    cache.batch_select_indices(prompt_of)
+    attention = batch["response_attention"]  # [B, R]
+    positions = prompt_mask.sum(-1)[prompt_of][:, None] + torch.arange(attention.shape[1], device=attention.device)
+    model(input_ids=batch["response_ids"], attention_mask=torch.cat([prompt_mask[prompt_of], attention], 1),
+          position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+    hidden = torch.cat([last[prompt_of, None], captured[-1][:, :-1]], 1)  # [B, R, H]: state before response token k
+    return hidden[attention.bool()]
 
 
 def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -378,13 +412,15 @@ def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1
     # position only; the decoder's final hidden states are taken from a hook on it.
     captured = []
     hook = backbone.register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    where = batch["response_mask"].bool()  # [B, L-1]
     try:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
+        if "prompt_of" in batch:
+            states = _shared_prompt_states(model, batch, captured)  # [N, H]
+        else:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
+            states = captured[-1][:, :-1][where]  # [N, H]
     finally:
         hook.remove()
-    hidden = captured[-1]  # [B, L, H]
-    where = batch["response_mask"].bool()  # [B, L-1]
-    states = hidden[:, :-1][where]  # [N, H]
     targets = batch["input_ids"][:, 1:][where]  # [N]
     allowed = batch.get("allowed")  # [N, V] or None
     warpers = sampling_warpers(top_k, top_p)
@@ -404,7 +440,7 @@ def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1
             p = logp if entropy_grad else logp.detach()
             entropies.append(-(p.exp() * p.clamp(min=-1e30)).nan_to_num().sum(-1))
         del logits, logp
-    out = torch.zeros(where.shape, dtype=torch.float32, device=hidden.device)
+    out = torch.zeros(where.shape, dtype=torch.float32, device=states.device)
     logp = out.masked_scatter(where, torch.cat(taken)) if taken else out
     if not with_entropy:
         return logp, None
