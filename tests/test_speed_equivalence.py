@@ -246,3 +246,14 @@ def test_shared_prompt_scoring_equals_plain_scoring_with_gradients(constrained):
     torch.testing.assert_close(shared[1], plain[1], atol=1e-5, rtol=0.0)
     for name, grad in plain[2].items():
         torch.testing.assert_close(shared[2][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_action_trie_from_one_batch_encode_equals_per_action_encodes(policy):
+    _, _, tokenizer = policy
+    trie = ActionTrie(tokenizer, tuple(ACTIONS))
+    children: dict[tuple[int, ...], set[int]] = {}
+    for action in ACTIONS:
+        ids = tokenizer.encode(f"<action>{action}</action>", add_special_tokens=False) + [tokenizer.eos_token_id]
+        for k in range(len(ids)):
+            children.setdefault(tuple(ids[:k]), set()).add(ids[k])
+    assert trie.next == {prefix: sorted(tokens) for prefix, tokens in children.items()}

@@ -97,8 +97,9 @@ class ActionTrie:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, actions: tuple[str, ...]):
         children: dict[tuple[int, ...], set[int]] = {}
         self.depth = 0
-        for action in actions:
-            ids = tokenizer.encode(f"<action>{action}</action>", add_special_tokens=False) + [tokenizer.eos_token_id]
+        encoded = tokenizer([f"<action>{a}</action>" for a in actions], add_special_tokens=False)["input_ids"] if actions else []
+        for ids in encoded:
+            ids = ids + [tokenizer.eos_token_id]
             self.depth = max(self.depth, len(ids))
             for k in range(len(ids)):
                 children.setdefault(tuple(ids[:k]), set()).add(ids[k])
