@@ -222,13 +222,11 @@ def _sample_native(model, tokenizer, prompt_ids, cfg, temperature, tries, max_ne
     scores: list[list[float]] = [[] for _ in range(n)]
 
     # ---- prefill each distinct prompt once, then give every row its prompt's cache
-    distinct = {tuple(p): i for i, p in reversed(list(enumerate(prompt_ids)))}
-    first = list(dict.fromkeys(distinct[tuple(p)] for p in prompt_ids))  # one row per distinct prompt
-    slot = {row: k for k, row in enumerate(first)}
-    ids, mask = _left_pad([prompt_ids[i] for i in first], pad, device)
+    slot: dict[tuple[int, ...], int] = {}  # distinct prompt -> its row in the prefill
+    expand = torch.tensor([slot.setdefault(tuple(p), len(slot)) for p in prompt_ids], device=device)  # [B]
+    ids, mask = _left_pad([list(p) for p in slot], pad, device)
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
                 logits_to_keep=1)
-    expand = torch.tensor([slot[distinct[tuple(p)]] for p in prompt_ids], device=device)
     cache = out.cache
     cache.batch_select_indices(expand)
     mask = mask[expand]  # [B, W] attention mask of everything in the cache
@@ -237,7 +235,7 @@ def _sample_native(model, tokenizer, prompt_ids, cfg, temperature, tries, max_ne
     fed = [0] * n  # response tokens already in the cache
 
     while True:
-        # ---- one choice per active row from its logits (forced positions are sampled under a one-token mask)
+        # ---- one token per active row from its logits (a forced first token is drawn under a one-token mask)
         z = logits.float()
         if temperature > 0 and temperature != 1.0:
             z = z / temperature
