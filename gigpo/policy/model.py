@@ -16,6 +16,11 @@ The sampler and the scorer apply the same distribution: temperature, then ``mode
 setting a checkpoint's ``generation_config.json`` carries (repetition_penalty, top_k, min_p, ...)
 is dropped by ``load_hf`` and each ``generate`` call passes a complete, neutral config.
 
+Sampling runs in gigpo's own KV-cache loop (``model.sampler=native``, ``_sample_native``), which
+prefills each distinct prompt once, appends forced constrained tokens (probability 1 under the mask)
+without sampling them, and drops finished rows; ``model.sampler=hf`` runs transformers' ``generate``
+instead. Both draw from the same distribution (``tests/test_speed_equivalence.py``).
+
 A response ends at its first EOS *by position* and keeps it, so the EOS is scored and trained
 even when the tokenizer's pad id equals its EOS id.
 
@@ -97,8 +102,8 @@ class ActionTrie:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, actions: tuple[str, ...]):
         children: dict[tuple[int, ...], set[int]] = {}
         self.depth = 0
-        encoded = tokenizer([f"<action>{a}</action>" for a in actions], add_special_tokens=False)["input_ids"] if actions else []
-        for ids in encoded:
+        texts = [f"<action>{a}</action>" for a in actions]
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []:
             ids = ids + [tokenizer.eos_token_id]
             self.depth = max(self.depth, len(ids))
             for k in range(len(ids)):
@@ -291,10 +296,8 @@ def _sample_hf(model, tokenizer, prompt_ids, cfg, temperature, tries, max_new_to
     """transformers' ``generate`` with the constraint as ``prefix_allowed_tokens_fn``."""
     ids, mask = _left_pad(prompt_ids, tokenizer.pad_token_id, model.device)
     width = ids.shape[1]
-    allowed = None
-    if tries is not None:
-        def allowed(row: int, ids: torch.Tensor) -> list[int]:
-            return tries[row].allowed(tuple(ids[width:].tolist()), tokenizer.pad_token_id)
+    def allowed(row: int, ids: torch.Tensor) -> list[int]:
+        return tries[row].allowed(tuple(ids[width:].tolist()), tokenizer.pad_token_id)
 
     # Every setting that shapes the distribution is set here, to a neutral value unless configured:
     # an unset one would be filled from the model's generation_config, then from transformers'
@@ -309,7 +312,8 @@ def _sample_hf(model, tokenizer, prompt_ids, cfg, temperature, tries, max_new_to
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                eos_token_id=tokenizer.eos_token_id, output_scores=logprobs,
                                return_dict_in_generate=True, **sampling)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, prefix_allowed_tokens_fn=allowed)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                         prefix_allowed_tokens_fn=allowed if tries is not None else None)
     responses = out.sequences[:, width:].tolist()
     scores = None
     if logprobs:
@@ -333,7 +337,8 @@ def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None
     position = torch.arange(width)  # [L]
     attention = (position < lengths[:, None]).long()  # [B, L]
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    ids[attention.bool()] = torch.tensor([t for s in samples for t in (*s.prompt_ids, *s.response_ids)], dtype=torch.long)
+    tokens = [t for s in samples for t in (*s.prompt_ids, *s.response_ids)]
+    ids[attention.bool()] = torch.tensor(tokens, dtype=torch.long)
     target = position[:-1]  # aligned with targets ids[:, 1:]
     response_mask = ((target >= prompt_len[:, None] - 1) & (target < lengths[:, None] - 1)).float()  # [B, L-1]
     batch = {"input_ids": ids.to(device), "attention_mask": attention.to(device), "response_mask": response_mask.to(device)}
@@ -359,7 +364,8 @@ def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None
         response_attention = torch.arange(int(response_len.max()))[None, :] < response_len[:, None]  # [B, R]
         response_ids = torch.full(response_attention.shape, pad_id, dtype=torch.long)
         response_ids[response_attention] = torch.tensor([t for s in samples for t in s.response_ids], dtype=torch.long)
-        batch["response_ids"], batch["response_attention"] = response_ids.to(device), response_attention.long().to(device)
+        batch["response_ids"] = response_ids.to(device)
+        batch["response_attention"] = response_attention.long().to(device)
     return batch
 
 
