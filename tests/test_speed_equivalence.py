@@ -257,3 +257,9 @@ def test_action_trie_from_one_batch_encode_equals_per_action_encodes(policy):
         for k in range(len(ids)):
             children.setdefault(tuple(ids[:k]), set()).add(ids[k])
     assert trie.next == {prefix: sorted(tokens) for prefix, tokens in children.items()}
+
+
+def test_unknown_sampler_fails_by_name(policy):
+    cfg, model, tokenizer = policy
+    with pytest.raises(ValueError, match="model.sampler='vllm'"):
+        generate(model, tokenizer, ["the box"], dataclasses.replace(cfg, sampler="vllm"), 1.0)

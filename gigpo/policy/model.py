@@ -177,7 +177,10 @@ def generate(
         tries = [ActionTrie.of(tokenizer, tuple(actions)) for actions in admissible]
         # A constrained response is as long as its action: never cut one (WebShop queries are long).
         max_new_tokens = max(max_new_tokens, max(t.depth for t in tries))
-    sample = _sample_hf if getattr(cfg, "sampler", "native") == "hf" else _sample_native
+    samplers = {"native": _sample_native, "hf": _sample_hf}
+    if cfg.sampler not in samplers:
+        raise ValueError(f"model.sampler={cfg.sampler!r}: known samplers are {', '.join(samplers)}")
+    sample = samplers[cfg.sampler]
     responses, scores = sample(model, tokenizer, prompt_ids, cfg, temperature, tries, max_new_tokens, logprobs)
     samples = []
     for row, response in enumerate(responses):
