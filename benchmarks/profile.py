@@ -24,7 +24,7 @@ BASE = ["logger=none", "train.lr=0", "train.val_every=100000", "env.val_episodes
 PHASES = [
     ("rollout (collect)", 0, lambda f, n: f.endswith("gigpo/train.py") and n == "collect"),
     ("generation (policy sampling)", 1, lambda f, n: f.endswith("gigpo/policy/model.py") and n == "generate"),
-    ("tokenisation (prompts)", 2, lambda f, n: "tokenization_utils" in f and n == "__call__"),
+    ("tokenisation (prompts, tries)", 2, lambda f, n: "tokenization_utils" in f and n == "__call__"),
     ("constrained bookkeeping (trie)", 2, lambda f, n: f.endswith("gigpo/policy/model.py") and n in ("allowed", "of")),
     ("env step/reset", 1, lambda f, n: f.endswith("gigpo/runner.py") and n == "handle"),
     ("prompt rendering", 1, lambda f, n: "gigpo/envs/" in f and n == "render_prompt"),
