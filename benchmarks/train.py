@@ -1,6 +1,8 @@
 """GiGPO and GraphGPO vs GRPO cost, and rollout overhead, measured side by side in one run.
 
     python -m benchmarks.train [--iterations 20] [--repeats 2] [overrides ...]
+    python -m benchmarks.train --profile [--iterations 2] [overrides ...]
+    python -m benchmarks.train --compare REV [--iterations 5] [--repeats 3] [overrides ...]
 
 1. Iteration time and peak memory, GiGPO and GraphGPO vs GRPO. Each method trains in its own
    process (peak RSS is per process) with ``train.lr=0``: the policy then never changes, so all
@@ -9,12 +11,18 @@
    machine noise evenly.
 2. Rollout overhead: one rollout's wall time against the sum of pure generation time (measured
    inside it) and pure env time (the same actions replayed on fresh envs in a plain loop).
+
+``--profile``: where one iteration's time goes (``benchmarks/profile.py``).
+``--compare REV``: iteration time of the code at git revision REV (before) against this working tree
+(after), each in its own process with ``train.lr=0``, alternating before, after, before, ... in one
+run; prints the medians and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,15 +34,18 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = ["logger=none", "train.lr=0", "train.val_every=100000", "env.val_episodes=1"]
 
 
-def run_method(algo: str, iterations: int, overrides: list[str], out: Path) -> dict:
+def run_method(algo: str, iterations: int, overrides: list[str], out: Path, root: Path = ROOT) -> dict:
     run_dir = out / f"{algo}-{time.monotonic_ns()}"
-    subprocess.run([sys.executable, str(ROOT / "run.py"), f"algo={algo}", f"train.iterations={iterations}",
-                    f"run_dir={run_dir}", *BASE, *overrides], check=True, capture_output=True, cwd=ROOT)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, str(root / "run.py"), f"algo={algo}", f"train.iterations={iterations}",
+                    f"run_dir={run_dir}", *BASE, *overrides], check=True, capture_output=True, cwd=root, env=env)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "time/rollout_s" in r][1:]  # drop the warm-up iteration
     iteration_s = [r["time/rollout_s"] + r["time/advantage_s"] + r["time/update_s"] for r in rows]
     return {
         "iteration_s": statistics.median(iteration_s),
+        "rollout_s": statistics.median(r["time/rollout_s"] for r in rows),
+        "update_s": statistics.median(r["time/update_s"] for r in rows),
         "advantage_s": statistics.median(r["time/advantage_s"] for r in rows),
         "peak_mem_mb": rows[-1]["perf/peak_mem_mb"],
         "env_steps": rows[-1]["env_steps"],
@@ -81,12 +92,48 @@ def rollout_overhead(overrides: list[str]) -> dict:
             "ratio": result.total_s / (result.generate_s + env_s)}
 
 
+def compare(revision: str, iterations: int, repeats: int, overrides: list[str]) -> None:
+    """Before (git ``revision``) vs after (this tree), alternating in one run; medians and ratios."""
+    algo = next((o.split("=", 1)[1] for o in overrides if o.startswith("algo=")), "gigpo")
+    overrides = [o for o in overrides if not o.startswith("algo=")]
+    results: dict[str, list[dict]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        before = Path(tmp) / "before"
+        before.mkdir()
+        archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+        for _ in range(repeats):
+            for label, root in (("before", before), ("after", ROOT)):
+                results[label].append(run_method(algo, iterations, overrides, Path(tmp), root))
+                r = results[label][-1]
+                print(f"  {label:6} iteration {r['iteration_s']:.3f} s (rollout {r['rollout_s']:.3f} s, "
+                      f"update {r['update_s']:.3f} s), load average {os.getloadavg()[0]:.2f}", flush=True)
+    summary = {k: {m: statistics.median(r[m] for r in rows) for m in ("iteration_s", "rollout_s", "update_s")}
+               for k, rows in results.items()}
+    b, a = summary["before"], summary["after"]
+    print(f"{'median s':10} {'before':>9} {'after':>9} {'before/after':>13}   ({revision} vs working tree, "
+          f"{repeats} x {iterations} iterations each, warm-up dropped)")
+    for m in ("iteration_s", "rollout_s", "update_s"):
+        print(f"{m:10} {b[m]:9.3f} {a[m]:9.3f} {b[m] / a[m]:12.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--profile", action="store_true",
+                        help="per-phase breakdown of --iterations iterations (benchmarks/profile.py) instead")
+    parser.add_argument("--compare", metavar="REV", help="iteration time of git revision REV vs this tree instead")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every method")
     args = parser.parse_args()
+    if args.profile:
+        from benchmarks.profile import profile
+
+        profile(args.iterations, args.overrides)
+        return
+    if args.compare:
+        compare(args.compare, args.iterations, args.repeats, args.overrides)
+        return
     results: dict[str, list[dict]] = {"gigpo": [], "graphgpo": [], "grpo": []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):

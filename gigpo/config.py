@@ -207,6 +207,9 @@ class ModelConfig:
     """Validation temperature (the paper evaluates at 0.4); 0 is greedy."""
     constrained: bool = True
     """Decode only `<action>a</action>` for admissible a (prefix tree); for format-blind models."""
+    sampler: str = "native"
+    """"native": gigpo's own KV-cache sampling loop (forced tokens in one step, finished rows dropped);
+    "hf": transformers' ``generate``. Both draw from the same distribution."""
     dtype: str = "float32"
     """float32 or bfloat16."""
     gradient_checkpointing: bool = False

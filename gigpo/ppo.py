@@ -2,6 +2,15 @@
 
 Used by the training loop (``gigpo.train``) and by the DeepSpeed update (``gigpo.scale.deepspeed``),
 so the scale path depends on the update, not on the loop.
+
+Identical samples (same prompt, response and allowed tokens: a group's trajectories share their
+first prompt, and revisited states recur) have identical log-probs, so the scorer runs the model
+once per distinct sample of a forward and copies the rows (the copy carries the gradient of every
+occurrence); the loss still sees every sample with its own advantage. A mini-batch is cut into
+micro-batches of at most ``micro_batch_size`` distinct samples, duplicates kept together: only the
+split changes, and the shares make the summed micro-batch losses the mini-batch loss exactly.
+Inside a forward, each distinct prompt runs once and its responses run on its KV cache
+(``pad_batch(..., share_prompts=True)``), samples of one prompt kept in one micro-batch.
 """
 
 from __future__ import annotations
@@ -35,23 +44,61 @@ class Scorer:
         self.pad_id = getattr(model.config, "pad_token_id", None) or 0  # padding is masked: any valid id does
         self.cfg, self.samples, self.device = cfg, samples, device
         self.advantages = torch.as_tensor(advantages, dtype=torch.float32)
-        self.old: dict[int, torch.Tensor] = {}
+        keys: dict[tuple, int] = {}
+        self.distinct = [keys.setdefault(_sample_key(s), len(keys)) for s in samples]  # sample -> distinct id
+        self.first = self.distinct_rows(list(range(len(samples))))  # distinct id -> its first sample
+        prompts: dict[tuple, int] = {}
+        self.order = [(len(samples[i].prompt_ids), prompts.setdefault(tuple(samples[i].prompt_ids), len(prompts)),
+                       len(samples[i].response_ids)) for i in self.first]
+        """distinct id -> sort key: samples of one prompt together, similar lengths together"""
+        # Each distinct prompt runs once per forward (its KV cache shared by its responses); the cache
+        # is not kept under gradient checkpointing, and ZeRO-3 gathers parameters per call: plain there.
+        self.share_prompts = not cfg.model.get("gradient_checkpointing", False) and \
+            cfg.get("train", {}).get("strategy", "single") == "single"
+        self.old: dict[int, torch.Tensor] = {}  # by distinct id
         self.ref: dict[int, torch.Tensor] = {}
 
     def forward(self, rows: list[int], model, with_entropy: bool = False):
-        tensors = pad_batch([self.samples[i] for i in rows], self.pad_id, self.device, self.vocab_size)
+        """Log-probs [len(rows), L-1] (and entropies) of ``rows``, the model run once per distinct sample."""
+        ids = [self.distinct[i] for i in rows]
+        distinct = list(dict.fromkeys(ids))
+        tensors = pad_batch([self.samples[self.first[d]] for d in distinct], self.pad_id, self.device, self.vocab_size,
+                            self.share_prompts)
         m = self.cfg.model
         # The entropy needs a graph only when it is in the loss; otherwise it is logged from detached log-probs.
         logp, entropy = token_logprobs(model, tensors, m.temperature, with_entropy, m.top_k, m.top_p,
                                        entropy_grad=self.cfg.algo.entropy_coef > 0)
-        return logp, entropy, tensors["response_mask"]
+        mask = tensors["response_mask"]
+        if len(distinct) < len(ids):  # copy each distinct row to its samples
+            where = {d: k for k, d in enumerate(distinct)}
+            index = torch.tensor([where[d] for d in ids], device=logp.device)
+            logp, mask = logp[index], mask[index]
+            entropy = entropy[index] if entropy is not None else None
+        return logp, entropy, mask
+
+    def micro_batches(self, mini: list[int], micro: int) -> list[list[int]]:
+        """``mini`` cut into micro-batches of at most ``micro`` distinct samples, duplicates together,
+        the responses of one prompt together, similar lengths together (less padding)."""
+        rows_of: dict[int, list[int]] = {}
+        for i in mini:
+            rows_of.setdefault(self.distinct[i], []).append(i)
+        order = sorted(rows_of, key=lambda d: self.order[d])
+        return [[i for d in order[s : s + micro] for i in rows_of[d]] for s in range(0, len(order), micro)]
+
+    def distinct_rows(self, rows: list[int]) -> list[int]:
+        """One sample per distinct sample among ``rows``, in order."""
+        first: dict[int, int] = {}
+        for i in rows:
+            first.setdefault(self.distinct[i], i)
+        return list(first.values())
 
     @torch.no_grad()
     def record_old(self, rows: list[int], policy, reference) -> None:
         """Old (and reference) log-probs of ``rows``, kept for every PPO epoch."""
-        self.old.update(zip(rows, self.forward(rows, policy)[0]))
+        ids = [self.distinct[i] for i in rows]
+        self.old.update(zip(ids, self.forward(rows, policy)[0]))
         if reference is not None:
-            self.ref.update(zip(rows, self.forward(rows, reference)[0]))
+            self.ref.update(zip(ids, self.forward(rows, reference)[0]))
 
     def micro_loss(self, rows: list[int], mini: list[int], model):
         """Loss of micro-batch ``rows`` weighted by its share of mini-batch ``mini``: summed over the
@@ -59,8 +106,8 @@ class Scorer:
         cfg = self.cfg
         logp, entropy, mask = self.forward(rows, model, with_entropy=True)
         width = logp.shape[1]
-        old_lp = torch.stack([_fit(self.old[i], width) for i in rows])
-        ref_lp = torch.stack([_fit(self.ref[i], width) for i in rows]) if self.ref else None
+        old_lp = torch.stack([_fit(self.old[self.distinct[i]], width) for i in rows])
+        ref_lp = torch.stack([_fit(self.ref[self.distinct[i]], width) for i in rows]) if self.ref else None
         loss, metrics = policy_loss(logp, old_lp, self.advantages[rows].to(self.device), mask, cfg.algo.clip_low,
                                     cfg.algo.clip_high, cfg.algo.loss_agg, ref_lp, cfg.algo.kl_coef, entropy,
                                     cfg.algo.entropy_coef, cfg.algo.clip_ratio_c, cfg.algo.kl_clamp)
@@ -76,22 +123,29 @@ def update(cfg: DictConfig, policy, reference, optimizer, batch: Rollout, advant
     scorer = Scorer(cfg, policy, batch.samples, advantages, cfg.train.device)
     micro = cfg.train.micro_batch_size
     policy.eval()
-    for start in range(0, len(batch.samples), micro):
-        scorer.record_old(list(range(start, min(start + micro, len(batch.samples)))), policy, reference)
+    distinct = [scorer.first[d] for d in sorted(range(len(scorer.first)), key=lambda d: scorer.order[d])]
+    for start in range(0, len(distinct), micro):
+        scorer.record_old(distinct[start : start + micro], policy, reference)
 
     policy.train()
     totals: dict[str, float] = defaultdict(float)
     minis = minibatches(cfg, len(batch.samples), iteration)
     for mini in minis:
         optimizer.zero_grad(set_to_none=True)
-        for m in range(0, len(mini), micro):
-            loss, metrics = scorer.micro_loss(mini[m : m + micro], mini, policy)
+        for rows in scorer.micro_batches(mini, micro):
+            loss, metrics = scorer.micro_loss(rows, mini, policy)
             loss.backward()
             for k, v in metrics.items():
                 totals[k] += v
         totals["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.grad_clip))
         optimizer.step()
     return {f"loss/{k}": v / max(len(minis), 1) for k, v in totals.items()}
+
+
+def _sample_key(sample) -> tuple:
+    """What a sample's log-probs depend on: its tokens and, under constrained decoding, the allowed ones."""
+    allowed = tuple(map(tuple, sample.allowed)) if sample.allowed else None
+    return tuple(sample.prompt_ids), tuple(sample.response_ids), allowed
 
 
 def _fit(values: torch.Tensor, width: int) -> torch.Tensor:

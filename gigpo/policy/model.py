@@ -16,6 +16,11 @@ The sampler and the scorer apply the same distribution: temperature, then ``mode
 setting a checkpoint's ``generation_config.json`` carries (repetition_penalty, top_k, min_p, ...)
 is dropped by ``load_hf`` and each ``generate`` call passes a complete, neutral config.
 
+Sampling runs in gigpo's own KV-cache loop (``model.sampler=native``, ``_sample_native``), which
+prefills each distinct prompt once, appends forced constrained tokens (probability 1 under the mask)
+without sampling them, and drops finished rows; ``model.sampler=hf`` runs transformers' ``generate``
+instead. Both draw from the same distribution (``tests/test_speed_equivalence.py``).
+
 A response ends at its first EOS *by position* and keeps it, so the EOS is scored and trained
 even when the tokenizer's pad id equals its EOS id.
 
@@ -97,8 +102,9 @@ class ActionTrie:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, actions: tuple[str, ...]):
         children: dict[tuple[int, ...], set[int]] = {}
         self.depth = 0
-        for action in actions:
-            ids = tokenizer.encode(f"<action>{action}</action>", add_special_tokens=False) + [tokenizer.eos_token_id]
+        texts = [f"<action>{a}</action>" for a in actions]
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []:
+            ids = ids + [tokenizer.eos_token_id]
             self.depth = max(self.depth, len(ids))
             for k in range(len(ids)):
                 children.setdefault(tuple(ids[:k]), set()).add(ids[k])
@@ -137,6 +143,16 @@ def sampling_warpers(top_k: int, top_p: float) -> list:
     return warpers
 
 
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_tokens: int) -> list[list[int]]:
+    """Token ids of each prompt, cut from the left beyond ``max_tokens``; each distinct prompt is encoded
+    once (a group's trajectories share their first prompt)."""
+    tokenizer.truncation_side = "left"
+    distinct = list(dict.fromkeys(prompts))
+    ids = tokenizer(distinct, truncation=True, max_length=max_tokens, add_special_tokens=False)["input_ids"]
+    by_prompt = dict(zip(distinct, ids))
+    return [by_prompt[p] for p in prompts]
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -148,22 +164,143 @@ def generate(
     logprobs: bool = False,
 ) -> list[Sample]:
     """Sample one response per prompt (greedy when temperature == 0); with ``logprobs``, each sample
-    also carries the sampler's log-prob of its tokens (from the processed scores it sampled from)."""
-    tokenizer.truncation_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
-                    max_length=cfg.max_prompt_tokens, add_special_tokens=False).to(model.device)
-    width = enc["input_ids"].shape[1]
-    allowed = None
-    max_new_tokens = cfg.max_response_tokens
+    also carries the sampler's log-prob of its tokens (from the processed scores it sampled from).
+
+    ``cfg.sampler`` picks the loop: "native" (``_sample_native``) or "hf" (transformers' ``generate``);
+    both sample from softmax(warp(mask(z / T))), the distribution ``token_logprobs`` scores.
+    """
+    prompt_ids = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
     eos = tokenizer.eos_token_id
+    max_new_tokens = cfg.max_response_tokens
+    tries = None
     if admissible is not None:
         tries = [ActionTrie.of(tokenizer, tuple(actions)) for actions in admissible]
-
-        def allowed(row: int, ids: torch.Tensor) -> list[int]:
-            return tries[row].allowed(tuple(ids[width:].tolist()), tokenizer.pad_token_id)
-
         # A constrained response is as long as its action: never cut one (WebShop queries are long).
         max_new_tokens = max(max_new_tokens, max(t.depth for t in tries))
+    samplers = {"native": _sample_native, "hf": _sample_hf}
+    if cfg.sampler not in samplers:
+        raise ValueError(f"model.sampler={cfg.sampler!r}: known samplers are {', '.join(samplers)}")
+    sample = samplers[cfg.sampler]
+    responses, scores = sample(model, tokenizer, prompt_ids, cfg, temperature, tries, max_new_tokens, logprobs)
+    samples = []
+    for row, response in enumerate(responses):
+        # Cut after the first EOS by position: filtering pad ids would drop the EOS when pad == eos.
+        if eos in response:
+            response = response[: response.index(eos) + 1]
+        response = response or [eos]
+        # Strip only the final EOS: format tags must survive decoding whatever kind of token they are.
+        text = tokenizer.decode(response[:-1] if response[-1] == eos else response, skip_special_tokens=False)
+        allowed_here = None
+        if tries is not None:
+            allowed_here = [tries[row].allowed(tuple(response[:k]), tokenizer.pad_token_id) for k in range(len(response))]
+        sampled = scores[row][: len(response)] if logprobs else None
+        samples.append(Sample(prompt_ids[row], response, text, allowed_here, sampled))
+    return samples
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded [B, W] ids and attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _sample_native(model, tokenizer, prompt_ids, cfg, temperature, tries, max_new_tokens, logprobs):
+    """Token-by-token sampling with a KV cache, in a plain loop.
+
+    Against transformers' ``generate`` it saves work, never changes the distribution:
+    - each distinct prompt is prefilled once and its cache copied to the rows that share it;
+    - a constrained position with a single allowed token has probability 1 under the mask: it is
+      appended without sampling (log-prob 0), and the tokens of all such positions reach the model
+      together in the next forward (rows' new tokens are right-aligned, shorter ones padded on the
+      left with masked holes: positions come from the attention mask, as with left padding);
+    - a row leaves the batch at its EOS (or at ``max_new_tokens``), so the tail of an action after its
+      last choice, forced up to the EOS, costs no forward at all.
+    """
+    device = next(model.parameters()).device
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    warpers = sampling_warpers(cfg.top_k, cfg.top_p) if temperature > 0 else []
+    n = len(prompt_ids)
+    responses: list[list[int]] = [[] for _ in range(n)]
+    scores: list[list[float]] = [[] for _ in range(n)]
+
+    # ---- prefill each distinct prompt once, then give every row its prompt's cache
+    slot: dict[tuple[int, ...], int] = {}  # distinct prompt -> its row in the prefill
+    expand = torch.tensor([slot.setdefault(tuple(p), len(slot)) for p in prompt_ids], device=device)  # [B]
+    ids, mask = _left_pad([list(p) for p in slot], pad, device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                logits_to_keep=1)
+    cache = out.cache
+    cache.batch_select_indices(expand)
+    mask = mask[expand]  # [B, W] attention mask of everything in the cache
+    logits = out.logits[expand, -1]  # [B, V]
+    active = list(range(n))  # batch row -> sample index
+    fed = [0] * n  # response tokens already in the cache
+
+    while True:
+        # ---- one token per active row from its logits (a forced first token is drawn under a one-token mask)
+        z = logits.float()
+        if temperature > 0 and temperature != 1.0:
+            z = z / temperature
+        if tries is not None:
+            keep = torch.zeros_like(z, dtype=torch.bool)
+            for b, i in enumerate(active):
+                keep[b, tries[i].allowed(tuple(responses[i]), pad)] = True
+            z = z.masked_fill(~keep, float("-inf"))
+        for warp in warpers:
+            z = warp(None, z)
+        if temperature > 0:
+            tokens = torch.multinomial(F.softmax(z, dim=-1), num_samples=1).squeeze(-1)
+        else:
+            tokens = z.argmax(-1)
+        taken = F.log_softmax(z, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist() if logprobs else None
+        still = []
+        for b, (i, token) in enumerate(zip(active, tokens.tolist())):
+            responses[i].append(token)
+            if logprobs:
+                scores[i].append(taken[b])
+            # ---- forced tokens: a single allowed continuation has probability 1 under the mask
+            if tries is not None:
+                while responses[i][-1] != eos and len(responses[i]) < max_new_tokens:
+                    options = tries[i].allowed(tuple(responses[i]), pad)
+                    if len(options) != 1:
+                        break
+                    responses[i].append(options[0])
+                    if logprobs:
+                        scores[i].append(0.0)
+            if responses[i][-1] != eos and len(responses[i]) < max_new_tokens:
+                still.append(b)
+        if not still:
+            break
+        # ---- drop finished rows, then feed every row's new tokens in one forward
+        if len(still) < len(active):
+            index = torch.tensor(still, device=device)
+            cache.batch_select_indices(index)
+            mask = mask[index]
+            active = [active[b] for b in still]
+        new = [responses[i][fed[i]:] for i in active]
+        for i in active:
+            fed[i] = len(responses[i])
+        ids, new_mask = _left_pad(new, pad, device)
+        mask = torch.cat([mask, new_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                    logits_to_keep=1)
+        cache, logits = out.cache, out.logits[:, -1]
+    return responses, scores
+
+
+def _sample_hf(model, tokenizer, prompt_ids, cfg, temperature, tries, max_new_tokens, logprobs):
+    """transformers' ``generate`` with the constraint as ``prefix_allowed_tokens_fn``."""
+    ids, mask = _left_pad(prompt_ids, tokenizer.pad_token_id, model.device)
+    width = ids.shape[1]
+    def allowed(row: int, ids: torch.Tensor) -> list[int]:
+        return tries[row].allowed(tuple(ids[width:].tolist()), tokenizer.pad_token_id)
 
     # Every setting that shapes the distribution is set here, to a neutral value unless configured:
     # an unset one would be filled from the model's generation_config, then from transformers'
@@ -175,58 +312,83 @@ def generate(
         sampling = dict(neutral, do_sample=True, temperature=temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     else:
         sampling = dict(neutral, do_sample=False, temperature=1.0)
-    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
-                               output_scores=logprobs, return_dict_in_generate=True, **sampling)
-    out = model.generate(**enc, generation_config=gen_cfg, prefix_allowed_tokens_fn=allowed)
-    sequences = out.sequences
-    samples = []
-    for row in range(len(prompts)):
-        prompt_ids = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
-        response = sequences[row, width:].tolist()
-        # Cut after the first EOS by position: filtering pad ids would drop the EOS when pad == eos.
-        if eos in response:
-            response = response[: response.index(eos) + 1]
-        response = response or [eos]
-        # Strip only the final EOS: format tags must survive decoding whatever kind of token they are.
-        text = tokenizer.decode(response[:-1] if response[-1] == eos else response, skip_special_tokens=False)
-        allowed_here = None
-        if admissible is not None:
-            allowed_here = [tries[row].allowed(tuple(response[:k]), tokenizer.pad_token_id) for k in range(len(response))]
-        sampled = None
-        if logprobs:
-            sampled = [float(torch.log_softmax(out.scores[k][row].float(), -1)[token]) for k, token in
-                       enumerate(response[: len(out.scores)])]
-        samples.append(Sample(prompt_ids, response, text, allowed_here, sampled))
-    return samples
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=tokenizer.eos_token_id, output_scores=logprobs,
+                               return_dict_in_generate=True, **sampling)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                         prefix_allowed_tokens_fn=allowed if tries is not None else None)
+    responses = out.sequences[:, width:].tolist()
+    scores = None
+    if logprobs:
+        steps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)  # [B, T, V]
+        scores = steps.gather(-1, out.sequences[:, width:, None]).squeeze(-1).tolist()
+    return responses, scores
 
 
-def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
+def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None = None,
+              share_prompts: bool = False) -> dict[str, torch.Tensor]:
     """Right-padded [B, L] input ids, attention mask, the mask of response tokens among targets [B, L-1],
     and (for constrained samples, given ``vocab_size``) the allowed-token mask [N, V] of the N response
-    tokens only, in the row-major order of ``response_mask.nonzero()``."""
-    prompt_ids = [s.prompt_ids for s in samples]
-    response_ids = [s.response_ids for s in samples]
-    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
-    width = max(lengths)
-    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(lengths), width), dtype=torch.long)
-    response_mask = torch.zeros((len(lengths), width - 1), dtype=torch.float32)  # aligned with targets ids[:, 1:]
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-        attention[i, : len(p) + len(r)] = 1
-        response_mask[i, len(p) - 1 : len(p) + len(r) - 1] = 1.0
+    tokens only, in the row-major order of ``response_mask.nonzero()``.
+
+    With ``share_prompts``, also each distinct prompt once, left-padded (``prompt_ids``, ``prompt_mask``
+    [P, Lp]), the prompt of each sample (``prompt_of`` [B]) and the right-padded responses
+    (``response_ids``, ``response_attention`` [B, R]): ``token_logprobs`` then runs each prompt once."""
+    prompt_len = torch.tensor([len(s.prompt_ids) for s in samples])  # [B]
+    lengths = prompt_len + torch.tensor([len(s.response_ids) for s in samples])  # [B]
+    width = int(lengths.max())
+    position = torch.arange(width)  # [L]
+    attention = (position < lengths[:, None]).long()  # [B, L]
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    tokens = [t for s in samples for t in (*s.prompt_ids, *s.response_ids)]
+    ids[attention.bool()] = torch.tensor(tokens, dtype=torch.long)
+    target = position[:-1]  # aligned with targets ids[:, 1:]
+    response_mask = ((target >= prompt_len[:, None] - 1) & (target < lengths[:, None] - 1)).float()  # [B, L-1]
     batch = {"input_ids": ids.to(device), "attention_mask": attention.to(device), "response_mask": response_mask.to(device)}
     if vocab_size is not None and any(s.allowed for s in samples):
-        allowed = torch.ones((sum(len(r) for r in response_ids), vocab_size), dtype=torch.bool)
+        constrained, rows, tokens = [], [], []
         row = 0
         for s in samples:
-            if s.allowed:
-                for k, tokens in enumerate(s.allowed):
-                    allowed[row + k].zero_()
-                    allowed[row + k, tokens] = True
+            for k, options in enumerate(s.allowed or []):
+                constrained.append(row + k)
+                rows.extend([row + k] * len(options))
+                tokens.extend(options)
             row += len(s.response_ids)
+        allowed = torch.ones((row, vocab_size), dtype=torch.bool)  # [N, V]
+        allowed[constrained] = False
+        allowed[rows, tokens] = True
         batch["allowed"] = allowed.to(device)
+    if share_prompts:
+        first: dict[tuple[int, ...], int] = {}
+        prompt_of = [first.setdefault(tuple(s.prompt_ids), len(first)) for s in samples]
+        batch["prompt_ids"], batch["prompt_mask"] = _left_pad([list(p) for p in first], pad_id, device)
+        batch["prompt_of"] = torch.tensor(prompt_of, device=device)
+        response_len = lengths - prompt_len  # [B]
+        response_attention = torch.arange(int(response_len.max()))[None, :] < response_len[:, None]  # [B, R]
+        response_ids = torch.full(response_attention.shape, pad_id, dtype=torch.long)
+        response_ids[response_attention] = torch.tensor([t for s in samples for t in s.response_ids], dtype=torch.long)
+        batch["response_ids"] = response_ids.to(device)
+        batch["response_attention"] = response_attention.long().to(device)
     return batch
+
+
+def _shared_prompt_states(model, batch: dict[str, torch.Tensor], captured: list) -> torch.Tensor:
+    """Final hidden states [N, H] of the positions predicting the response tokens (row-major), each
+    distinct prompt run once: the prompts' KV cache (left-padded, positions from the mask, as in
+    sampling) is copied to their samples, and the responses run on it. The copy is an index into the
+    graph, so gradients of every sample reach the shared prompt."""
+    prompt_mask, prompt_of = batch["prompt_mask"], batch["prompt_of"]  # [P, Lp], [B]
+    out = model(input_ids=batch["prompt_ids"], attention_mask=prompt_mask,
+                position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+    last = captured[-1][:, -1]  # [P, H]: predicts each response's first token
+    cache = out.cache
+    cache.batch_select_indices(prompt_of)
+    attention = batch["response_attention"]  # [B, R]
+    positions = prompt_mask.sum(-1)[prompt_of][:, None] + torch.arange(attention.shape[1], device=attention.device)
+    model(input_ids=batch["response_ids"], attention_mask=torch.cat([prompt_mask[prompt_of], attention], 1),
+          position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+    hidden = torch.cat([last[prompt_of, None], captured[-1][:, :-1]], 1)  # [B, R, H]: state before response token k
+    return hidden[attention.bool()]
 
 
 def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -258,13 +420,15 @@ def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1
     # position only; the decoder's final hidden states are taken from a hook on it.
     captured = []
     hook = backbone.register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    where = batch["response_mask"].bool()  # [B, L-1]
     try:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
+        if "prompt_of" in batch:
+            states = _shared_prompt_states(model, batch, captured)  # [N, H]
+        else:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
+            states = captured[-1][:, :-1][where]  # [N, H]
     finally:
         hook.remove()
-    hidden = captured[-1]  # [B, L, H]
-    where = batch["response_mask"].bool()  # [B, L-1]
-    states = hidden[:, :-1][where]  # [N, H]
     targets = batch["input_ids"][:, 1:][where]  # [N]
     allowed = batch.get("allowed")  # [N, V] or None
     warpers = sampling_warpers(top_k, top_p)
@@ -284,7 +448,7 @@ def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1
             p = logp if entropy_grad else logp.detach()
             entropies.append(-(p.exp() * p.clamp(min=-1e30)).nan_to_num().sum(-1))
         del logits, logp
-    out = torch.zeros(where.shape, dtype=torch.float32, device=hidden.device)
+    out = torch.zeros(where.shape, dtype=torch.float32, device=states.device)
     logp = out.masked_scatter(where, torch.cat(taken)) if taken else out
     if not with_entropy:
         return logp, None

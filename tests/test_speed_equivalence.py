@@ -1,0 +1,265 @@
+"""The fast paths sample and learn what the plain ones do.
+
+- the native sampler (``model.sampler=native``) reports the log-probs the scorer computes, keeps
+  constrained samples admissible, draws actions with the exact masked probabilities (chi-square),
+  and decodes greedily exactly as transformers' ``generate``;
+- ``pad_batch`` equals the per-row loop it replaced;
+- the scorer's dedup of identical samples and its split of a mini-batch into micro-batches give the
+  loss and gradients of one plain forward over the whole mini-batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from gigpo.config import ModelConfig
+from gigpo.loss import policy_loss
+from gigpo.policy.model import ActionTrie, Sample, build_tiny, generate, pad_batch, token_logprobs
+from gigpo.policy.tokenizer import build_tokenizer
+
+ACTIONS = ["up", "down", "left", "right", "search[red shoes]", "search[red shirt]", "click[item 3]", "look"]
+
+
+@pytest.fixture(scope="module")
+def policy():
+    words = "the box is on a wall you see player target red blue shoes shirt item click search".split()
+    rng = random.Random(0)
+    corpus = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(200)]
+    corpus += [f"<action>{a}</action>" for a in ACTIONS]
+    tokenizer = build_tokenizer(corpus, 300)
+    torch.manual_seed(0)
+    cfg = ModelConfig(max_response_tokens=6, max_prompt_tokens=48)
+    model = build_tiny(cfg, tokenizer).eval()
+    with torch.no_grad():  # sharper than the init, so the action probabilities differ clearly
+        model.get_output_embeddings().weight.mul_(20.0)
+    return cfg, model, tokenizer
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    words = "the box is on a wall you see player target red blue".split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 40))) for _ in range(n)]
+
+
+def admissible(n: int, seed: int = 0) -> list[list[str]]:
+    rng = random.Random(seed)
+    return [rng.sample(ACTIONS, rng.randint(1, len(ACTIONS))) for _ in range(n)]
+
+
+def scored(model, tokenizer, samples, cfg) -> torch.Tensor:
+    batch = pad_batch(samples, tokenizer.pad_token_id, "cpu", len(tokenizer))
+    with torch.no_grad():
+        return token_logprobs(model, batch, 1.0, top_k=cfg.top_k, top_p=cfg.top_p)[0]
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (3, 0.8)])
+def test_native_sampler_logprobs_equal_scorer_logprobs(policy, constrained, top_k, top_p):
+    cfg, model, tokenizer = policy
+    cfg = dataclasses.replace(cfg, top_k=top_k, top_p=top_p)
+    texts = prompts(24) * 2  # duplicated prompts share one prefill
+    allowed = admissible(48) if constrained else None
+    torch.manual_seed(1)
+    samples = generate(model, tokenizer, texts, cfg, 1.0, allowed, logprobs=True)
+    logp = scored(model, tokenizer, samples, cfg)
+    for i, s in enumerate(samples):
+        start = len(s.prompt_ids) - 1
+        assert len(s.logprobs) == len(s.response_ids)
+        torch.testing.assert_close(logp[i, start : start + len(s.response_ids)], torch.tensor(s.logprobs),
+                                   atol=1e-4, rtol=0.0)
+        if constrained:  # always an admissible action, ended by EOS
+            assert s.response_ids[-1] == tokenizer.eos_token_id
+            assert s.text.removeprefix("<action>").removesuffix("</action>") in allowed[i]
+
+
+def test_native_greedy_decoding_equals_transformers_generate(policy):
+    cfg, model, tokenizer = policy
+    texts, allowed = prompts(32, seed=3), admissible(32, seed=3)
+    for actions in (None, allowed):
+        native = generate(model, tokenizer, texts, cfg, 0.0, actions)
+        hf = generate(model, tokenizer, texts, dataclasses.replace(cfg, sampler="hf"), 0.0, actions)
+        assert [s.response_ids for s in native] == [s.response_ids for s in hf]
+        assert [s.allowed for s in native] == [s.allowed for s in hf]
+
+
+@pytest.mark.parametrize("sampler", ["native", "hf"])
+def test_constrained_action_frequencies_match_the_masked_policy(policy, sampler):
+    # Exact probability of each action: the product of its masked token probabilities (the scorer's),
+    # against the frequencies of 3,000 draws. Under H0 the p-value is uniform: 1e-3 fails 1 in 1,000.
+    cfg, model, tokenizer = policy
+    cfg = dataclasses.replace(cfg, sampler=sampler)
+    prompt, actions = prompts(1, seed=5)[0], ACTIONS
+    torch.manual_seed(2)
+    samples = generate(model, tokenizer, [prompt] * 3000, cfg, 1.0, [actions] * 3000)
+    counts = {a: 0 for a in actions}
+    for s in samples:
+        counts[s.text.removeprefix("<action>").removesuffix("</action>")] += 1
+    trie = ActionTrie.of(tokenizer, tuple(actions))
+    prompt_ids = samples[0].prompt_ids
+    exact = {}
+    for a in actions:
+        response = tokenizer.encode(f"<action>{a}</action>", add_special_tokens=False) + [tokenizer.eos_token_id]
+        allowed = [trie.allowed(tuple(response[:k]), tokenizer.pad_token_id) for k in range(len(response))]
+        exact[a] = math.exp(float(scored(model, tokenizer, [Sample(prompt_ids, response, "", allowed)], cfg).sum()))
+    assert sum(exact.values()) == pytest.approx(1.0, abs=1e-4)
+    expected = np.array([exact[a] for a in actions]) * len(samples)
+    observed = np.array([counts[a] for a in actions])
+    rare = expected < 5  # pooled into one bin, as the chi-square approximation asks
+    expected = np.append(expected[~rare], expected[rare].sum())
+    observed = np.append(observed[~rare], observed[rare].sum())
+    expected *= observed.sum() / expected.sum()  # float32 probabilities sum to 1 within 1e-4 (checked above)
+    assert len(expected) >= 3 and chisquare(observed, expected).pvalue > 1e-3, (counts, exact)
+
+
+def loop_pad_batch(samples, pad_id, vocab_size=None):
+    """The per-row pad_batch ``pad_batch`` replaced."""
+    lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
+    width = max(lengths)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(samples), width), dtype=torch.long)
+    response_mask = torch.zeros((len(samples), width - 1), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        p, r = s.prompt_ids, s.response_ids
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        attention[i, : len(p) + len(r)] = 1
+        response_mask[i, len(p) - 1 : len(p) + len(r) - 1] = 1.0
+    batch = {"input_ids": ids, "attention_mask": attention, "response_mask": response_mask}
+    if vocab_size is not None and any(s.allowed for s in samples):
+        allowed = torch.ones((sum(len(s.response_ids) for s in samples), vocab_size), dtype=torch.bool)
+        row = 0
+        for s in samples:
+            for k, tokens in enumerate(s.allowed or []):
+                allowed[row + k].zero_()
+                allowed[row + k, tokens] = True
+            row += len(s.response_ids)
+        batch["allowed"] = allowed
+    return batch
+
+
+def random_samples(rng: random.Random, n: int, vocab: int = 50, duplicates: bool = False) -> list[Sample]:
+    samples = []
+    for _ in range(n):
+        if duplicates and samples and rng.random() < 0.5:
+            samples.append(dataclasses.replace(rng.choice(samples)))
+            continue
+        p = [rng.randrange(2, vocab) for _ in range(rng.randint(1, 9))]
+        r = [rng.randrange(2, vocab) for _ in range(rng.randint(1, 5))]
+        allowed = [sorted(set(rng.sample(range(2, vocab), rng.randint(0, 3))) | {t}) for t in r]
+        samples.append(Sample(p, r, "", allowed if rng.random() < 0.6 else None))
+    return samples
+
+
+def test_pad_batch_equals_the_per_row_loop():
+    rng = random.Random(0)
+    for _ in range(200):
+        samples = random_samples(rng, rng.randint(1, 6))
+        for vocab_size in (None, 50):
+            fast, loop = pad_batch(samples, 3, "cpu", vocab_size), loop_pad_batch(samples, 3, vocab_size)
+            assert fast.keys() == loop.keys()
+            for key in loop:
+                assert fast[key].dtype == loop[key].dtype and torch.equal(fast[key], loop[key]), key
+
+
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean"])
+def test_deduplicated_micro_batches_give_the_plain_mini_batch_loss_and_gradients(loss_agg):
+    from omegaconf import OmegaConf
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from gigpo.ppo import Scorer
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1))
+    samples = random_samples(random.Random(1), 40, duplicates=True)
+    advantages = np.random.default_rng(0).normal(size=len(samples))
+    cfg = OmegaConf.create({
+        "model": {"temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        "algo": {"entropy_coef": 0.01, "loss_agg": loss_agg, "clip_low": 0.2, "clip_high": 0.2, "kl_coef": 0.0,
+                 "clip_ratio_c": 3.0, "kl_clamp": 10.0},
+    })
+    scorer = Scorer(cfg, model, samples, advantages, "cpu")
+    assert len(set(scorer.distinct)) < len(samples)
+    mini = list(range(len(samples)))
+    with torch.no_grad():  # old log-probs from a perturbed policy, so ratios differ from 1
+        scorer.record_old(scorer.first, model, None)
+        for key in scorer.old:
+            scorer.old[key] = scorer.old[key] + 0.3 * torch.randn_like(scorer.old[key])
+
+    model.zero_grad()
+    total = 0.0
+    micro = scorer.micro_batches(mini, 7)
+    assert all(len({scorer.distinct[i] for i in rows}) <= 7 for rows in micro)
+    assert sorted(i for rows in micro for i in rows) == mini
+    for rows in micro:
+        loss, _ = scorer.micro_loss(rows, mini, model)
+        loss.backward()
+        total += loss.item()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad()  # the plain mini-batch loss: every sample in one forward, no dedup
+    batch = loop_pad_batch(samples, 0, 50)
+    logp, entropy = token_logprobs(model, batch, 1.0, with_entropy=True)
+    width = logp.shape[1]
+    old = torch.stack([torch.nn.functional.pad(scorer.old[scorer.distinct[i]], (0, 64))[:width] for i in mini])
+    loss, _ = policy_loss(logp, old, torch.as_tensor(advantages, dtype=torch.float32), batch["response_mask"],
+                          agg=loss_agg, entropy=entropy, entropy_coef=0.01)
+    loss.backward()
+    assert total == pytest.approx(float(loss), abs=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fast[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_shared_prompt_scoring_equals_plain_scoring_with_gradients(constrained):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1))
+    rng = random.Random(2)
+    prompts_ = [[rng.randrange(2, 50) for _ in range(rng.randint(1, 12))] for _ in range(4)]
+    samples = []
+    for _ in range(12):  # several responses per prompt, prompts of different lengths
+        r = [rng.randrange(2, 50) for _ in range(rng.randint(1, 6))]
+        allowed = [sorted({t, *rng.sample(range(2, 50), 3)}) for t in r] if constrained else None
+        samples.append(Sample(rng.choice(prompts_), r, "", allowed))
+
+    def run(share: bool):
+        model.zero_grad()
+        batch = pad_batch(samples, 0, "cpu", 50, share_prompts=share)
+        logp, entropy = token_logprobs(model, batch, 0.7, with_entropy=True)
+        mask = batch["response_mask"]
+        ((logp * mask).sum() + 0.1 * (entropy * mask).sum()).backward()
+        return logp.detach(), entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, shared = run(False), run(True)
+    torch.testing.assert_close(shared[0], plain[0], atol=1e-5, rtol=0.0)
+    torch.testing.assert_close(shared[1], plain[1], atol=1e-5, rtol=0.0)
+    for name, grad in plain[2].items():
+        torch.testing.assert_close(shared[2][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_action_trie_from_one_batch_encode_equals_per_action_encodes(policy):
+    _, _, tokenizer = policy
+    trie = ActionTrie(tokenizer, tuple(ACTIONS))
+    children: dict[tuple[int, ...], set[int]] = {}
+    for action in ACTIONS:
+        ids = tokenizer.encode(f"<action>{action}</action>", add_special_tokens=False) + [tokenizer.eos_token_id]
+        for k in range(len(ids)):
+            children.setdefault(tuple(ids[:k]), set()).add(ids[k])
+    assert trie.next == {prefix: sorted(tokens) for prefix, tokens in children.items()}
+
+
+def test_unknown_sampler_fails_by_name(policy):
+    cfg, model, tokenizer = policy
+    with pytest.raises(ValueError, match="model.sampler='vllm'"):
+        generate(model, tokenizer, ["the box"], dataclasses.replace(cfg, sampler="vllm"), 1.0)
