@@ -1,8 +1,9 @@
 """The training loop: rollout -> rewards -> advantages -> PPO update -> validate -> log -> checkpoint.
 
 Deliberate simplifications against the paper's verl-based setup, and why:
-- one process, HF ``generate`` on the policy itself (no separate inference engine) on the default
-  path, so ``breakpoint()`` works anywhere; ``rollout=vllm`` and ``train.strategy=deepspeed`` are
+- one process, sampling from the policy itself (a small KV-cache loop, ``model.sampler=native``,
+  or HF ``generate``; no separate inference engine) on the default path, so ``breakpoint()``
+  works anywhere; ``rollout=vllm`` and ``train.strategy=deepspeed`` are
   the scale path;
 - old log-probs are recomputed in one no-grad pass right after the rollout (as verl does) rather
   than taken from the sampler, so sampling tricks (constrained decoding) never leak into the ratio;
