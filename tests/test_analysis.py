@@ -310,3 +310,18 @@ def test_wandb_runs_load_into_the_same_form(real_runs, monkeypatch):
     assert remote.final["val/success"] == local.final["val/success"]
     load_runs(["wandb:me/gigpo"], wandb_group="repro", wandb_tags=["v2"])  # the source takes a group/tag filter
     assert seen_filters[-1] == {"group": "repro", "tags": {"$all": ["v2"]}}
+
+
+def test_committed_sokoban_table_recomputes_from_its_committed_raw_logs(tmp_path):
+    """Every row of analysis/results/sokoban/sokoban.csv comes back, from the committed raw logs
+    alone, with the analysis command; and each kept run names the clean commit that made it."""
+    results = ROOT / "analysis" / "results" / "sokoban"
+    done = subprocess.run([sys.executable, "-m", "analysis.tables", str(results / "runs"), "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    committed = pd.read_csv(results / "sokoban.csv", index_col="Method")
+    again = pd.read_csv(tmp_path / "sokoban.csv", index_col="Method")
+    pd.testing.assert_frame_equal(committed.sort_index(), again.sort_index())
+    for provenance in (results / "runs").glob("*/provenance.json"):
+        git = json.loads(provenance.read_text())["git"]
+        assert len(git["commit"]) == 40 and git["dirty"] is False, provenance
