@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from advantage_oracle import oracle
@@ -234,6 +234,12 @@ def columns(batch):
 
 
 @settings(max_examples=300, deadline=None)
+# A tie under mean_std that once failed a 1e-9 tolerance (3.6e-9 of rounding noise over eps).
+@example(batch=[(0, 0, 0, "state 0", 10.0, 0.0, "state 0", False), (0, 0, 1, "state 0", 10.0, 0.0, "state 0", False),
+                (0, 0, 2, "state 0", -0.1, 0.0, "state 0", False), (0, 1, 0, "state 0", 0.0, 0.0, "state 0", False),
+                (0, 1, 1, "state 0", 10.0, 0.0, "state 0", False), (0, 1, 2, "state 0", 10.0, 0.0, "state 0", False),
+                (0, 1, 3, "state 0", -0.1, 0.0, "state 0", False)],
+         name="gigpo", mode="mean_std", gamma=0.0, w=0.0, stats="trajectory", placement="step")
 @given(batch=batches(), name=st.sampled_from(["gigpo", "grpo", "rloo"]), mode=st.sampled_from(["mean", "mean_std"]),
        gamma=st.sampled_from([0.0, 0.5, 0.95, 1.0]), w=st.sampled_from([0.0, 0.5, 1.0]),
        stats=st.sampled_from(["trajectory", "step"]), placement=st.sampled_from(["step", "reward", None]))
@@ -244,7 +250,10 @@ def test_vectorised_equals_loop_oracle(batch, name, mode, gamma, w, stats, place
         kwargs.update(penalty=penalty, penalty_placement=placement)
     got = compute_advantages(name, reward, group, traj, anchor, **kwargs)
     want = oracle(name, reward, group, traj, anchor, **kwargs)
-    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    # mean_std divides by std + eps (eps = 1e-6): at a tie the centred value is rounding noise
+    # (~1e-15) in one summation order and 0 in another, so ~1e-9 can appear; 1e-7 is still far
+    # below any real difference (advantages are O(1)).
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 if mode == "mean" else 1e-7)
 
 
 @settings(max_examples=100, deadline=None)

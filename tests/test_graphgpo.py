@@ -118,7 +118,10 @@ def test_vectorised_equals_loop_oracle(batch, mode, w, stats, placement, omega):
                   next_anchor_key=next_anchor, success=success, omega=omega, success_reward=10.0)
     got = compute_advantages("graphgpo", reward, group, traj, anchor, **kwargs)
     want = oracle("graphgpo", reward, group, traj, anchor, **kwargs)
-    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    # mean_std divides by std + eps (eps = 1e-6): at a tie the centred value is rounding noise
+    # (~1e-15) in one summation order and 0 in another, so ~1e-9 can appear; 1e-7 is still far
+    # below any real difference (advantages are O(1)).
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 if mode == "mean" else 1e-7)
 
 
 @settings(max_examples=100, deadline=None)
