@@ -12,7 +12,8 @@ settings. Trend: gap(d_max) - gap(d_min) with a 95% bootstrap interval, seeds re
 each of the four cells. Decision (H1: the gap grows with d): support when the gap's point
 estimates increase with d and the trend interval lies above 0; refutation when it lies below 0,
 or contains 0 while the largest setting's gap interval lies at or below 0; else inconclusive. A
-setting where both methods end below 5% mean success is uninformative (floor rule).
+setting where both methods end below 5% mean success is uninformative (floor rule); when the
+smallest or the largest setting is, the trend, and so the decision, is uninformative.
 Secondary: every other method vs GRPO per setting (Holm over all of them) and AUC comparisons.
 
 Writes ``RESULTS.md`` (tables, tests, decision), ``horizon.csv`` (per-run rows), the
@@ -31,22 +32,24 @@ from matplotlib.figure import Figure
 
 from analysis.load import Run, history_frame, load_runs
 from analysis.plots import learning_curves, points
-from analysis.study import bootstrap_diff, keep_raw_logs, plain_markdown, significance
+from analysis.study import GROUPS as GROUP_STATS
+from analysis.study import keep_raw_logs, plain_markdown, significance
 from analysis.tables import order_methods
 
 PRIMARY, BASELINE = "GiGPO (mean)", "GRPO"
 FLOOR = 0.05
-GROUP_STATS = {"step_groups/count": "step groups", "step_groups/mean_size": "mean group size",
-               "step_groups/singleton_share": "singleton share"}
 
 
 def per_run(run: Run) -> dict:
     """Distance, method, seed, final success, normalised AUC and mean step-group statistics."""
     x, y = points(run.history, "env_steps", "val/success")
-    budget = float(run.get("train.max_env_steps"))
+    budget = float(run.get("train.max_env_steps") or 0)
+    if budget <= 0 or len(x) < 2:
+        raise SystemExit(f"{run.source}: the AUC needs a budget (train.max_env_steps > 0) and two validations; "
+                         f"got max_env_steps={run.get('train.max_env_steps')}, {len(x)} validation(s)")
     row = {"distance": int(run.get("env.distance")), "method": run.method, "seed": run.seed,
            "final success": float(run.final["val/success"]),
-           "auc": float(np.trapezoid(y, x) / budget) if len(x) > 1 else np.nan}
+           "auc": float(np.trapezoid(y, x) / budget)}
     train = run.history[run.history["time/rollout_s"].notna()] if "time/rollout_s" in run.history else None
     for key, label in GROUP_STATS.items():
         row[label] = float(train[key].mean()) if train is not None and key in train else np.nan
@@ -79,12 +82,14 @@ def trend_interval(frame: pd.DataFrame, low_d: int, high_d: int, resamples: int 
 
 def decide(primary: pd.DataFrame, trend: tuple[float, float, float], floors: dict[int, bool]) -> str:
     """The protocol's decision rule, in words."""
+    ends = (primary.index[0], primary.index[-1])
+    if any(floors[d] for d in ends):
+        return (f"uninformative: the trend's end settings d={ends[0]} and d={ends[-1]} are not both above "
+                "the floor rule")
     informative = primary.loc[[d for d in primary.index if not floors[d]]]
-    if len(informative) < 2:
-        return "uninformative: fewer than two settings above the floor rule"
     _, low, high = trend
     rising = bool(np.all(np.diff(informative["diff"].to_numpy()) > 0))
-    top = informative.iloc[-1]
+    top = primary.loc[ends[-1]]
     if rising and low > 0:
         return "support for H1"
     if high < 0 or (low <= 0 <= high and top["ci95 high"] <= 0):
@@ -121,12 +126,9 @@ def main(argv: list[str] | None = None) -> str:
     unfinished = [r.source for r in runs if not r.finished]
     if unfinished:
         raise SystemExit(f"{len(unfinished)} run(s) have no final validation (finish them first): {unfinished[:3]}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    keep_raw_logs(runs, args.out / "runs")
     frame = pd.DataFrame([per_run(r) for r in runs]).sort_values(["distance", "method", "seed"])
-    duplicated = frame.duplicated(["distance", "method", "seed"])
-    if duplicated.any():
-        raise SystemExit(f"a seed is counted twice in a cell: {frame[duplicated].iloc[0].to_dict()}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    keep_raw_logs(runs, args.out / "runs")  # also refuses a seed counted twice in a cell
     frame.to_csv(args.out / "horizon.csv", index=False)
     distances = sorted(frame["distance"].unique())
 

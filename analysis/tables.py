@@ -37,9 +37,11 @@ NOT_A_SETTING = ("train.seed", "run_dir", "logger.", "env.workers", "env.step_ti
                  "sweep.", "rollout.gpu_memory_utilization", "train.val_every", "train.checkpoint_every")
 # Keys a method ignores, or that its label (analysis.load.method_label) already shows.
 METHOD_KEYS = ("algo.name",)
-NOT_APPLICABLE = {"grpo": ("algo.step_weight", "algo.gamma", "algo.similarity"),
-                  "rloo": ("algo.step_weight", "algo.gamma", "algo.similarity"),
-                  "gigpo": ("algo.mode",)}
+GRAPH_ONLY = ("algo.omega", "algo.success_reward")
+NOT_APPLICABLE = {"grpo": ("algo.step_weight", "algo.gamma", "algo.similarity", *GRAPH_ONLY),
+                  "rloo": ("algo.step_weight", "algo.gamma", "algo.similarity", *GRAPH_ONLY),
+                  "gigpo": ("algo.mode", *GRAPH_ONLY),
+                  "graphgpo": ("algo.gamma", "algo.similarity")}
 NOT_CONFIG = ("source", "method", "env", "seed", "finished", "env_steps", "time/wall_s", "cell")
 
 ALFWORLD_COLUMNS = {"Pick": "val/success/pick", "Look": "val/success/look", "Clean": "val/success/clean",

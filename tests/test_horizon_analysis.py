@@ -47,3 +47,7 @@ def test_decision_rule():
     assert decide(_primary(flat, 0.2), trend_interval(noisy, 2, 5), floors).startswith("inconclusive")
     assert decide(_primary(rising), trend_interval(_frame(rising), 2, 5),
                   {2: True, 3: True, 5: False}).startswith("uninformative")
+    # The trend runs from the smallest to the largest setting: a floored end makes it uninformative,
+    # whatever the settings in between show.
+    assert decide(_primary(falling), trend_interval(_frame(falling), 2, 5),
+                  {2: False, 3: False, 5: True}).startswith("uninformative")
