@@ -171,6 +171,9 @@ def _init_wandb(run_dir: Path, cfg):
     id_file = run_dir / "wandb_id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
     id_file.write_text(run_id)
+    # write_provenance wrote this start's record just before: reuse it (git subprocesses, package metadata).
+    path = run_dir / PROVENANCE
+    record = json.loads(path.read_text()) if path.exists() else provenance(cfg)
     return wandb.init(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
@@ -181,7 +184,7 @@ def _init_wandb(run_dir: Path, cfg):
         dir=str(run_dir),
         mode=mode,
         config={**OmegaConf.to_container(cfg, resolve=True),
-                "provenance": {k: v for k, v in provenance(cfg).items() if k != "config"}},
+                "provenance": {k: v for k, v in record.items() if k != "config"}},
         settings=wandb.Settings(silent=True, console="off"),
     )
 
