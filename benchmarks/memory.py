@@ -23,6 +23,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from gigpo.tracking import peak_memory_mb, reset_peak_memory
+
 QWEN_VOCAB = 151_936
 
 
@@ -74,6 +76,7 @@ def measure(variant: str, mode: str, device: str, batch_size: int, prompt: int, 
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
+        reset_peak_memory()  # the high-water mark from here on: imports and model init do not count
         base = rss_mb()
     if mode == "train":
         logp, entropy = score(model, batch, 1.0, True)
@@ -84,7 +87,7 @@ def measure(variant: str, mode: str, device: str, batch_size: int, prompt: int, 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return peak_memory_mb() - base
 
 
 def main() -> None:

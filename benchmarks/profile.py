@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = ["logger=none", "train.lr=0", "train.val_every=100000", "env.val_episodes=1"]
+from benchmarks.train import BASE, ROOT
+
 
 # (phase, indent, predicate on a pstats key (file, line, function name)): cumulative time of the matches.
 PHASES = [

@@ -73,14 +73,16 @@ def build(args, shape: dict, run_dir: Path):
     if args.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     reference = copy.deepcopy(policy).eval().requires_grad_(False) if args.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    # lr 0: every step does the full work but the policy never changes, so GiGPO and GRPO see the same
+    # policy (and, reseeded per round, the same rollouts): the timings compare like with like.
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=0.0)
     return policy, reference, optimizer, tokenizer
 
 
 def iteration(algo: str, round_: int, args, model) -> dict[str, float]:
     from gigpo.policy.model import pad_batch, token_logprobs
     from gigpo.ppo import update
-    from gigpo.train import collect, compute_step_advantages, make_runner
+    from gigpo.train import collect, compute_step_advantages, make_runner, seed_everything
 
     policy, reference, optimizer, tokenizer = model
     cfg = compose_cfg(algo, args)
@@ -96,6 +98,7 @@ def iteration(algo: str, round_: int, args, model) -> dict[str, float]:
     try:
         t0 = time.perf_counter()
         policy.eval()
+        seed_everything(round_)  # both methods of a round draw the same samples
         batch, _ = collect(cfg, runner, policy, tokenizer, iteration=round_)  # the same seeds for both methods
         sync()
         rollout_s = time.perf_counter() - t0

@@ -49,7 +49,7 @@ def test_optimal_play_wins_with_sparse_reward_and_anchor_is_the_grid():
 def test_wall_bump_is_valid_and_unknown_action_invalid():
     env = GridNavEnv(distance=3)
     env.reset(0)
-    env.walls[:] = True
+    env.walls = np.ones_like(env.walls)  # a private grid: rooms from generate() are shared and read-only
     env.walls[1, 1] = env.walls[1, 2] = False
     env.player, env.goal = (1, 1), (1, 2)
     before = env.render()

@@ -32,6 +32,7 @@ episodes, resets included (the data README reports 6-8 steps/s); two worker proc
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -166,10 +167,14 @@ class AlfWorldEnv:
                                                wrappers=[AlfredDemangler(), AlfredInfos])
             else:
                 self._engine.load(str(game_file))
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             self.close()
             raise ValueError(f"alfworld: corrupt game file {game_file} ({type(error).__name__}: {error}); "
                              "delete it or re-extract the split's archive") from error
+        except (KeyError, TypeError) as error:  # a file missing fields, or a bug: name the file, advise nothing
+            self.close()
+            raise ValueError(f"alfworld: loading game file {game_file} failed ({type(error).__name__}: {error})") \
+                from error
         self._loaded = game_file
 
     def _observe(self, observation: str, reward: float, won: bool, valid: bool) -> Step:

@@ -23,6 +23,7 @@ the whole state and no history, and the same cells recur across a group's trajec
 from __future__ import annotations
 
 import argparse
+import functools
 from collections import deque
 
 import numpy as np
@@ -64,8 +65,9 @@ def bfs_distances(walls: np.ndarray, start: tuple[int, int]) -> dict[tuple[int, 
     return distance
 
 
+@functools.lru_cache(maxsize=1024)  # a group's N trajectories reset to the same seed
 def generate(seed: int, size: int, distance: int, wall_density: float) -> tuple[np.ndarray, tuple, tuple]:
-    """(walls [size+2, size+2] bool, start, goal) with the goal exactly ``distance`` moves away."""
+    """(walls [size+2, size+2] bool, read-only, start, goal) with the goal exactly ``distance`` moves away."""
     rng = np.random.default_rng(seed)
     dim = size + 2
     for _ in range(1000):
@@ -77,6 +79,7 @@ def generate(seed: int, size: int, distance: int, wall_density: float) -> tuple[
         start = floor[int(rng.integers(len(floor)))]
         candidates = sorted(c for c, d in bfs_distances(walls, start).items() if d == distance)
         if candidates:
+            walls.flags.writeable = False  # memoised: shared by every reset of this seed
             return walls, start, candidates[int(rng.integers(len(candidates)))]
     raise RuntimeError(f"gridnav: no room with a goal {distance} moves away after 1000 attempts (seed={seed}, "
                        f"size={size}, wall_density={wall_density}); lower env.distance or env.wall_density")
