@@ -262,7 +262,7 @@ def help_text(root) -> str:
              "Usage: python run.py [group=option ...] [key=value ...]     one run",
              "       python run.py -m algo=gigpo,grpo train.seed=0,1 ...   a multirun (one job per combination)",
              "       python run.py mode=eval checkpoint=RUN_FOLDER           evaluate a run's last checkpoint", "",
-             "== Config groups (group=option; current choice in []) =="]
+             "== Config groups (group=option, +group=option for one not chosen by default; current choice in []) =="]
     notes = []
     for group in _groups():
         if group in NOT_RUN_GROUPS:
@@ -273,7 +273,8 @@ def help_text(root) -> str:
             continue
         current = choices.get(group)
         shown = [f"[{o}]" if o == current else o for o in options]
-        lines.append(f"  {group}: {', '.join(shown)}")
+        # A group outside the defaults list is added with a leading + (Hydra's append syntax).
+        lines.append(f"  {'' if current else '+'}{group}: {', '.join(shown)}")
     lines += notes
     lines += ["", "== Keys (key=value; current value, then what it does) =="]
     env_name = OmegaConf.select(root, "env.name")
