@@ -230,7 +230,9 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
         print(f"{run_dir}: run complete, final/val_success={previous.complete.get('final/val_success')}")
         return float(previous.complete["final/val_success"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    if writer:
+    if writer:  # before the model loads and the envs start, which can take minutes
+        resumed_at = previous.checkpoint["iteration"] if previous.checkpoint is not None else 0
+        console.announce(console.start_line(cfg, run_dir, resumed_at))
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_provenance(run_dir, cfg)
     reset_peak_memory()  # perf/peak_mem_mb is this run's peak, not the process's
@@ -270,8 +272,6 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
     val_runner = make_runner(cfg, validation=True) if main_rank else None
     wall_start = time.perf_counter() - wall_offset
     final_val: dict[str, float] = {}
-    if main_rank:
-        console.announce(console.start_line(cfg, run_dir, start))
     bar = console.IterationBar(cfg, start, env_steps, disable=not main_rank)
 
     try:
