@@ -120,7 +120,7 @@ def end_line(run_dir: Path, final_val: dict, iterations: int, env_steps: int) ->
 def announce(line: str) -> None:
     """A start or end line: to the terminal and run.log through logging (Hydra's handlers), or
     printed when no handler is configured (``train`` called outside run.py)."""
-    if logging.getLogger().handlers:
+    if logging.getLogger().handlers and log.isEnabledFor(logging.INFO):
         log.info(line)
     else:
         tqdm.write(line)
@@ -163,11 +163,10 @@ def _file_handlers() -> list[logging.Handler]:
 def iteration_line(metrics: dict, seconds: float) -> None:
     """One run.log line per iteration: iteration, env steps, train success, val success (when
     validated), loss and seconds taken. Only file handlers get it: on the terminal the bar shows it."""
-    if not iteration_log.handlers:
-        iteration_log.propagate = False
-        iteration_log.setLevel(logging.INFO)
-        for handler in _file_handlers():
-            iteration_log.addHandler(handler)
+    # Re-read every time: a Hydra multirun gives each job its own run.log handler.
+    iteration_log.handlers = _file_handlers()
+    iteration_log.propagate = False
+    iteration_log.setLevel(logging.INFO)
     parts = [f"iter {metrics['iter']}", f"env_steps {metrics.get('env_steps', 0)}",
              f"train/success {metrics.get('train/success', math.nan):.3f}"]
     if "val/success" in metrics:

@@ -56,6 +56,16 @@ def test_budget_run_shows_start_end_lines_env_step_bar_and_logs_every_iteration(
     assert "[gigpo.iterations]" not in terminal
 
 
+def test_each_multirun_job_logs_its_iterations_into_its_own_run_log(tmp_path):
+    out = run(["-m", "train.seed=0,1", *TINY, "train.iterations=2", f"hydra.sweep.dir={tmp_path}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    logs = sorted(tmp_path.glob("*/run.log"))
+    assert len(logs) == 2
+    for path in logs:
+        lines = [line for line in path.read_text().splitlines() if "[gigpo.iterations]" in line]
+        assert [re.search(r"iter (\d+) \|", line).group(1) for line in lines] == ["0", "1"], path
+
+
 def test_iteration_bar_counts_env_steps_under_a_budget_and_carries_the_last_validation():
     cfg = OmegaConf.create({"train": {"iterations": 1_000_000, "max_env_steps": 500}})
     sink = io.StringIO()
