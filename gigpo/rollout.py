@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gigpo.config import EnvConfig, ModelConfig, env_options
+from gigpo.console import EpisodeProgress
 from gigpo.envs import env_module, make, render_prompt
 from gigpo.envs.prompts import View
 from gigpo.policy.model import Sample, as_chat, generate
@@ -71,11 +72,17 @@ def make_act(policy, tokenizer, env_cfg: EnvConfig, model_cfg: ModelConfig, temp
     return act
 
 
-def rollout(runner: GroupRunner, act_factory, seeds: list[int], group_size: int) -> Rollout:
-    """Roll out len(seeds) groups of ``group_size`` trajectories; times generation separately."""
+def rollout(runner: GroupRunner, act_factory, seeds: list[int], group_size: int, desc: str = "rollout") -> Rollout:
+    """Roll out len(seeds) groups of ``group_size`` trajectories; times generation separately.
+    Episodes finished are shown as ``desc`` (``console.EpisodeProgress``: a bar on a terminal
+    once the rollout is slow, an occasional log line otherwise)."""
     clock = {"generate_s": 0.0, "tokens": 0}
     start = time.perf_counter()
-    records = runner.run(seeds, group_size, act_factory(clock))
+    progress = EpisodeProgress(len(seeds) * group_size, desc)
+    try:
+        records = runner.run(seeds, group_size, act_factory(clock), on_episodes_end=progress)
+    finally:
+        progress.close()
     return Rollout(records, clock["generate_s"], time.perf_counter() - start, clock["tokens"])
 
 

@@ -281,12 +281,15 @@ class GroupRunner:
     # --- rollout ---------------------------------------------------------------------------
 
     def run(self, seeds: Sequence[int], group_size: int,
-            act: Callable[[list[View]], list[tuple[str, Any]]]) -> list[StepRecord]:
+            act: Callable[[list[View]], list[tuple[str, Any]]],
+            on_episodes_end: Callable[[int], None] | None = None) -> list[StepRecord]:
         """Play ``len(seeds) * group_size`` trajectories; returns their records in step order.
 
         Trajectory ``traj_id = g * group_size + n`` is the n-th member of group ``g`` and starts
         from ``reset(seeds[g])``. ``act`` is called once per step with the views of all unfinished
-        trajectories and returns ``(response_text, payload)`` for each.
+        trajectories and returns ``(response_text, payload)`` for each. ``on_episodes_end(k)``, if
+        given, hears after the resets and after every step how many more trajectories ended (failed
+        ones included), so a caller can show progress inside a long rollout.
         """
         num_envs = len(seeds) * group_size
         if self.local is None:
@@ -298,6 +301,8 @@ class GroupRunner:
                 self._fail(slot, group_size, seed_of[slot], "reset", error)
             else:
                 current[slot] = step
+        if on_episodes_end is not None and len(current) < num_envs:
+            on_episodes_end(num_envs - len(current))
         histories: dict[int, list[tuple[str, str]]] = {slot: [] for slot in current}
         records: list[StepRecord] = []
         step_index = 0
@@ -337,6 +342,8 @@ class GroupRunner:
                     else:
                         current[slot] = result
                 records.append(record)
+            if on_episodes_end is not None and len(current) < len(active):
+                on_episodes_end(len(active) - len(current))
             step_index += 1
         return records
 

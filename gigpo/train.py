@@ -25,8 +25,8 @@ from typing import Callable
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
+from gigpo import console
 from gigpo.config import env_options
 from gigpo.advantage import advantage_parts, episode_group_stats, step_group_stats
 from gigpo.policy.model import build_tiny, generate, load_hf
@@ -99,7 +99,7 @@ def validate(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, generate_f
     seeds = validation_seeds(cfg.env, evaluate=cfg.mode == "eval")
     act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.val_temperature, clock,  # noqa: E731
                                          generate_fn)
-    result = rollout(runner, act, seeds, group_size=1)
+    result = rollout(runner, act, seeds, group_size=1, desc="validation")
     stats = runner.take_stats()
     summary = episode_summary(result.records, stats["failures"])
     if summary["episodes"] != len(seeds):
@@ -219,6 +219,7 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
     sweep uses it to report to its pruner (an exception it raises ends the run).
     """
     run_dir = Path(cfg.run_dir or ".").resolve()
+    console.silence_third_party()
     config = OmegaConf.to_container(cfg, resolve=True)
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run's files
     # ---- run folder: refuse a different config, report a finished run, resume an unfinished one
@@ -229,7 +230,9 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
         print(f"{run_dir}: run complete, final/val_success={previous.complete.get('final/val_success')}")
         return float(previous.complete["final/val_success"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    if writer:
+    if writer:  # before the model loads and the envs start, which can take minutes
+        resumed_at = previous.checkpoint["iteration"] if previous.checkpoint is not None else 0
+        console.announce(console.start_line(cfg, run_dir, resumed_at))
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_provenance(run_dir, cfg)
     reset_peak_memory()  # perf/peak_mem_mb is this run's peak, not the process's
@@ -269,10 +272,11 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
     val_runner = make_runner(cfg, validation=True) if main_rank else None
     wall_start = time.perf_counter() - wall_offset
     final_val: dict[str, float] = {}
+    bar = console.IterationBar(cfg, start, env_steps, disable=not main_rank)
 
     try:
-        bar = tqdm(range(start, cfg.train.iterations), initial=start, total=cfg.train.iterations, desc="iterations")
-        for iteration in bar:
+        for iteration in range(start, cfg.train.iterations):
+            iteration_start = time.perf_counter()
             metrics: dict[str, float] = {"iter": iteration}
             restarts, failed = 0.0, 0.0
             if cfg.train.max_env_steps and env_steps >= cfg.train.max_env_steps:
@@ -331,8 +335,8 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             if not main_rank:
                 continue
             metrics_log.write(metrics)
-            bar.set_postfix(success=f"{metrics['train/success']:.2f}",
-                            val=f"{metrics.get('val/success', math.nan):.2f}")
+            bar.update(iteration + 1, env_steps, metrics)
+            console.iteration_line(metrics, time.perf_counter() - iteration_start)
 
             # ---- checkpoint (after the metrics line, so a resumed run rewrites nothing it kept)
             done = iteration + 1
@@ -355,23 +359,33 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
         if on_validation is not None:
             on_validation(last, env_steps, final_val)
     finally:
+        bar.close()
         for runner in (train_runner, val_runner):
             if runner is not None:
                 runner.close()
     summary = {"final/val_success": final_val.get("val/success", 0.0), "env_steps": env_steps}
     atomic_write_text(run_dir / "summary.json", json.dumps({**summary, **final_val}, indent=2, sort_keys=True))
     metrics_log.close(summary)
+    console.announce(console.end_line(run_dir, final_val, last, env_steps))
     return float(summary["final/val_success"])
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """mode=eval: load ``checkpoint`` (a file or a run dir) and report validation success per task type."""
+    """mode=eval: load ``checkpoint`` (a file or a run dir) and report validation success per task type.
+
+    The result goes to ``eval.json`` in the evaluated run's folder (the one holding checkpoints/),
+    with the checkpoint file and the iteration it was saved at beside the metrics.
+    """
+    console.silence_third_party()
     path = Path(cfg.checkpoint)
     run_dir = path if path.is_dir() else path.parent.parent
     file = run_dir / CHECKPOINT if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"checkpoint: {file} does not exist")
     state = load_checkpoint(file)  # a corrupt file fails here, naming it, before the model is built
+    iteration = int(state["iteration"])
+    console.announce(f"evaluating {file.resolve()} (iteration {iteration}) | env {cfg.env.name} | "
+                     f"{len(validation_seeds(cfg.env, evaluate=True))} episodes")
     seed_everything(cfg.train.seed)
     policy, _, tokenizer = build_policy(cfg, run_dir)
     policy.load_state_dict(state["model"])
@@ -380,11 +394,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         result = validate(cfg, runner, policy, tokenizer)
     finally:
         runner.close()
-    out_dir = Path(cfg.run_dir or ".")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "eval.json", json.dumps(result, indent=2, sort_keys=True))
-    if not (out_dir / "metrics.jsonl").exists():  # an evaluation folder; a training run keeps its own record
-        write_provenance(out_dir, cfg)
+    out = run_dir / "eval.json"
+    atomic_write_text(out, json.dumps({"checkpoint": str(file.resolve()), "iteration": iteration, **result},
+                                      indent=2, sort_keys=True))
     for key, value in sorted(result.items()):
         print(f"{key:40s} {value:.3f}")
+    console.announce(f"checkpoint {file.resolve()} (iteration {iteration}): validation success "
+                     f"{result['val/success']:.3f} | wrote {out}")
     return result

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from analysis.load import load_runs, runs_frame
-from analysis.plots import plot_all
+from analysis.load import history_frame
+from analysis.plots import advantage_spread, learning_curves, plot_all, step_group_sizes
 from analysis.tables import ALFWORLD_COLUMNS, build_tables, main as tables_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,6 +265,55 @@ def test_plots_are_written(real_runs, tmp_path):
     assert {"curves_sokoban.png", "step_groups_sokoban.png", "advantage_sokoban.png", "curves_webshop.png"} <= names
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def drawn(ax) -> bool:
+    return bool(ax.get_lines() or ax.collections)
+
+
+def test_curves_have_markers_distinct_styles_data_scaled_y_and_no_empty_panels(real_runs):
+    history = history_frame(load_runs([real_runs["multirun"]]))
+    # Known validation values on the real logs: GiGPO 0.40-0.60, GRPO 0.45-0.55.
+    val = history["val/success"].notna()
+    gigpo = history["method"].str.startswith("GiGPO")
+    history.loc[val & gigpo, "val/success"] = [0.4 + 0.2 * (i % 2) for i in range(int((val & gigpo).sum()))]
+    history.loc[val & ~gigpo, "val/success"] = 0.5 + 0.05 * ((history.loc[val & ~gigpo, "iter"] % 2) * 2 - 1)
+    fig = learning_curves(history.drop(columns=["time/wall_s"]), "sokoban")
+    assert fig.axes and all(drawn(ax) for ax in fig.axes)  # no wall-time column: no wall-time panels at all
+    assert [ax.get_ylabel() for ax in fig.axes] == ["val/success", "train/success"]
+    val_ax = fig.axes[0]
+    lines = val_ax.get_lines()
+    assert len(lines) == 2 and all(line.get_marker() not in (None, "None", "") for line in lines)
+    assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == 2  # overlapping lines stay apart
+    low, high = val_ax.get_ylim()
+    assert 0.3 <= low < 0.4 and 0.6 < high <= 0.7, (low, high)  # the data 0.4-0.6 with a margin, not 0-1
+
+
+def test_webshop_curves_show_the_score_beside_success(real_runs):
+    history = history_frame(load_runs([real_runs["webshop"]]))
+    fig = learning_curves(history, "webshop")
+    labels = {ax.get_ylabel() for ax in fig.axes}
+    assert {"val/success", "train/success", "val/score", "train/score"} <= labels
+    assert all(drawn(ax) for ax in fig.axes)
+    for ax in fig.axes:
+        low, high = ax.get_ylim()
+        assert -0.01 < low < 0.0 and 0.0 < high < 0.1  # success 0 on a tiny run: the axis hugs it
+
+
+def test_iteration_axes_tick_at_integers_and_every_panel_has_data(real_runs):
+    history = history_frame(load_runs([real_runs["multirun"], real_runs["webshop"]]))
+    sokoban = history[history["env"] == "sokoban"]
+    figures = [step_group_sizes(sokoban, "sokoban"), advantage_spread(sokoban, "sokoban")]
+    for fig in figures:
+        for ax in (ax for ax in fig.axes if ax.get_xlabel() == "iteration"):
+            ax.figure.canvas.draw()
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert all(drawn(ax) for ax in fig.axes)
+    # A method that logged no advantage statistics gets no panel.
+    partial = sokoban.copy()
+    partial.loc[partial["method"] == "GRPO", ["adv/episode_std", "adv/step_std"]] = float("nan")
+    assert [ax.get_title() for ax in advantage_spread(partial, "sokoban").axes] == ["GiGPO (mean)"]
 
 
 def test_notebook_executes_on_real_runs(real_runs, tmp_path, monkeypatch):

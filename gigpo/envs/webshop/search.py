@@ -20,7 +20,10 @@ import numpy as np
 import Stemmer
 from bm25s.tokenization import Tokenizer
 
+from gigpo.console import quiet
 from gigpo.envs.webshop.data import Catalog
+
+quiet("bm25s")  # bm25s sets its logger to DEBUG on import (index-building chatter); GIGPO_VERBOSE=bm25s keeps it
 
 TOP_K = 50
 # Every run of word characters, one-character tokens and numbers included.
