@@ -263,6 +263,13 @@ class LoggerConfig:
     entity: Optional[str] = None
     group: Optional[str] = None
     """W&B group; None: experiment_name."""
+    val_table_rows: int = 16
+    """Env steps of sampled validation trajectories logged as a W&B table per validation; 0: none."""
+    log_checkpoints: bool = False
+    """Log each checkpoint written (checkpoints/last.pt) as a version of a W&B model artifact."""
+    verl_names: bool = False
+    """W&B gets verl-agent's names (actor/pg_loss, ...) for the metrics gigpo.metrics.VERL_NAMES maps;
+    metrics.jsonl keeps the harness names."""
 
 
 @dataclass
@@ -367,7 +374,7 @@ POSITIVE = ("algo.group_size", "env.groups", "env.max_steps", "env.val_episodes"
             "train.micro_batch_size", "train.val_every", "train.checkpoint_every", "train.ppo_epochs",
             "train.iterations", "model.max_prompt_tokens", "model.max_response_tokens", "model.hidden_size",
             "model.layers", "model.heads", "model.intermediate_size", "model.vocab_size")
-NON_NEGATIVE = ("train.lr", "train.weight_decay", "train.grad_clip", "train.max_env_steps", "train.threads",
+NON_NEGATIVE = ("logger.val_table_rows", "train.lr", "train.weight_decay", "train.grad_clip", "train.max_env_steps", "train.threads",
                 "algo.clip_low", "algo.clip_high", "algo.kl_coef", "algo.entropy_coef", "algo.eps",
                 "algo.max_resample", "env.history_len", "env.workers", "env.invalid_penalty", "model.temperature",
                 "model.val_temperature", "model.lora_rank", "model.lora_dropout")
