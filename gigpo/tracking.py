@@ -125,10 +125,10 @@ class MetricsLog:
     def __init__(self, run_dir: Path, cfg, resume_iteration: int):
         self.path = run_dir / "metrics.jsonl"
         self._truncate(resume_iteration)
-        self.wandb = None
-        self.verl_names, self.log_checkpoints = cfg.logger.verl_names, cfg.logger.log_checkpoints
-        self.val_table_rows = cfg.logger.val_table_rows
-        if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled":
+        self.wandb, self.verl_names, self.log_checkpoints, self.val_table_rows = None, False, False, 0
+        if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled":  # the W&B-only keys matter only here
+            self.verl_names, self.log_checkpoints = cfg.logger.verl_names, cfg.logger.log_checkpoints
+            self.val_table_rows = cfg.logger.val_table_rows
             self.wandb = _init_wandb(run_dir, cfg)
 
     def _truncate(self, resume_iteration: int) -> None:
