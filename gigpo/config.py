@@ -374,10 +374,10 @@ POSITIVE = ("algo.group_size", "env.groups", "env.max_steps", "env.val_episodes"
             "train.micro_batch_size", "train.val_every", "train.checkpoint_every", "train.ppo_epochs",
             "train.iterations", "model.max_prompt_tokens", "model.max_response_tokens", "model.hidden_size",
             "model.layers", "model.heads", "model.intermediate_size", "model.vocab_size")
-NON_NEGATIVE = ("logger.val_table_rows", "train.lr", "train.weight_decay", "train.grad_clip", "train.max_env_steps", "train.threads",
+NON_NEGATIVE = ("train.lr", "train.weight_decay", "train.grad_clip", "train.max_env_steps", "train.threads",
                 "algo.clip_low", "algo.clip_high", "algo.kl_coef", "algo.entropy_coef", "algo.eps",
                 "algo.max_resample", "env.history_len", "env.workers", "env.invalid_penalty", "model.temperature",
-                "model.val_temperature", "model.lora_rank", "model.lora_dropout")
+                "model.val_temperature", "model.lora_rank", "model.lora_dropout", "logger.val_table_rows")
 # Optional extras: env or feature -> (module that must import, pip command that installs it).
 EXTRAS = {
     "env=alfworld": ("textworld", 'pip install -c constraints.txt -e ".[alfworld]"'),

@@ -208,7 +208,8 @@ def test_validation_table_choice_is_deterministic_capped_and_draws_no_random_num
     picked = pick_trajectories(records, 7)
     assert random.getstate() == states[0] and (np.random.get_state()[1] == states[1]).all()
     assert torch.equal(torch.get_rng_state(), states[2])
-    # 7 trajectories evenly spaced over 0..9 (linspace rounded: 0, 2, 3, 4, 6, 8, 9): whole trajectories first, cut at 7 rows.
+    # 7 trajectories evenly spaced over 0..9 (linspace rounded: 0, 2, 3, 4, 6, 8, 9), whole
+    # trajectories first, cut at 7 rows.
     assert [(r.traj_id, r.step) for r in picked] == [(0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (2, 2), (3, 0)]
     assert pick_trajectories(records, 7) == picked and pick_trajectories(records, 0) == []
 
