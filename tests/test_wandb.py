@@ -220,3 +220,29 @@ def test_negative_table_rows_is_refused():
     cfg = compose(["logger.val_table_rows=-1"])
     with pytest.raises(ValueError, match="logger.val_table_rows"):
         check(cfg, runtime=False)
+
+
+def test_sweep_trial_is_a_sweep_job_named_after_its_trial(tmp_path, monkeypatch):
+    """As sweeps/objective.py runs a trial: composed without Hydra's runtime, ``cfg.sweep`` set, the
+    W&B id pre-written; the env preset falls back to ``env.name``."""
+    from gigpo.train import train
+
+    for name in ("DATA", "CACHE", "CONFIG", "ARTIFACT"):
+        monkeypatch.setenv(f"WANDB_{name}_DIR", str(tmp_path / f"wb_{name.lower()}"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose([*TINY, "env.val_episodes=2", "train.val_every=5", "train.iterations=1", "logger=wandb"])
+    run_dir = tmp_path / "trial_7"
+    run_dir.mkdir()
+    (run_dir / "wandb_id.txt").write_text("trialid7")
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+        cfg.experiment_name = cfg.logger.group = "study"
+        cfg.sweep = {"study": "study", "trial": 7, "seed_index": 0, "params": {"algo.step_weight": 0.5}}
+    train(cfg)
+    import wandb
+
+    wandb.teardown()  # in-process, the W&B service writes the record file until it shuts down
+    (info,) = of(records(run_dir), "run")
+    assert (info.run_id, info.job_type, info.run_group) == ("trialid7", "sweep", "study")
+    assert info.display_name == "gigpo-sokoban-tiny-s0-trial7"
+    assert list(info.tags) == ["algo:gigpo", "env:sokoban", "model:tiny"]
