@@ -191,6 +191,10 @@ def test_name_keeps_the_algorithm_when_a_value_holds_a_path_and_sweeps_are_their
     with open_dict(cfg):
         cfg.sweep = {"study": "s", "trial": 4, "seed_index": 0, "params": {}}
     assert job_type(cfg) == "sweep" and run_name(cfg).endswith("-s0-trial4")
+    # Too long: cut to 128 characters, ending with a hash of the whole, so distinct names stay distinct.
+    long_a, long_b = (compose(["model=hf", f"model.path=/x/{'m' * 150}{end}"]) for end in "ab")
+    assert len(run_name(long_a)) == 128 and run_name(long_a).startswith("gigpo-sokoban-mmm")
+    assert run_name(long_a) != run_name(long_b)
 
 
 def test_validation_table_choice_is_deterministic_capped_and_draws_no_random_numbers():
