@@ -263,6 +263,13 @@ class LoggerConfig:
     entity: Optional[str] = None
     group: Optional[str] = None
     """W&B group; None: experiment_name."""
+    val_table_rows: int = 16
+    """Env steps of sampled validation trajectories logged as a W&B table per validation; 0: none."""
+    log_checkpoints: bool = False
+    """Log each checkpoint written (checkpoints/last.pt) as a version of a W&B model artifact."""
+    verl_names: bool = False
+    """W&B gets verl-agent's names (actor/pg_loss, ...) for the metrics gigpo.metrics.VERL_NAMES maps;
+    metrics.jsonl keeps the harness names."""
 
 
 @dataclass
@@ -370,7 +377,7 @@ POSITIVE = ("algo.group_size", "env.groups", "env.max_steps", "env.val_episodes"
 NON_NEGATIVE = ("train.lr", "train.weight_decay", "train.grad_clip", "train.max_env_steps", "train.threads",
                 "algo.clip_low", "algo.clip_high", "algo.kl_coef", "algo.entropy_coef", "algo.eps",
                 "algo.max_resample", "env.history_len", "env.workers", "env.invalid_penalty", "model.temperature",
-                "model.val_temperature", "model.lora_rank", "model.lora_dropout")
+                "model.val_temperature", "model.lora_rank", "model.lora_dropout", "logger.val_table_rows")
 # Optional extras: env or feature -> (module that must import, pip command that installs it).
 EXTRAS = {
     "env=alfworld": ("textworld", 'pip install -c constraints.txt -e ".[alfworld]"'),

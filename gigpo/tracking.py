@@ -1,6 +1,7 @@
 """Run bookkeeping: metrics to W&B and ``metrics.jsonl``, atomic checkpoints, resume, provenance.
 
-Every metric has one name and goes to both sinks; analysis reads ``metrics.jsonl`` (one JSON
+Every metric has one name and goes to both sinks (``logger.verl_names=true`` renames some, in W&B
+only, to verl-agent's names); analysis reads ``metrics.jsonl`` (one JSON
 object per iteration, strict JSON: a non-finite value is an error naming the metric). A resumed
 run drops the lines written after its last checkpoint, so the file always reads as one
 uninterrupted run. A checkpoint holds the resolved config it was trained with; resuming under a
@@ -27,6 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+
+from gigpo.metrics import verl_name
+from gigpo.wandb_run import (SAMPLES_KEY, VAL_STEP, define_metrics, job_type, log_checkpoint, run_name, sync_command,
+                             tags, validation_table)
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +125,10 @@ class MetricsLog:
     def __init__(self, run_dir: Path, cfg, resume_iteration: int):
         self.path = run_dir / "metrics.jsonl"
         self._truncate(resume_iteration)
-        self.wandb = None
-        if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled":
+        self.wandb, self.verl_names, self.log_checkpoints, self.val_table_rows = None, False, False, 0
+        if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled":  # the W&B-only keys matter only here
+            self.verl_names, self.log_checkpoints = cfg.logger.verl_names, cfg.logger.log_checkpoints
+            self.val_table_rows = cfg.logger.val_table_rows
             self.wandb = _init_wandb(run_dir, cfg)
 
     def _truncate(self, resume_iteration: int) -> None:
@@ -138,7 +145,10 @@ class MetricsLog:
         rows = read_jsonl(self.path)
         return rows[-1]["iter"] if rows else -1
 
-    def write(self, metrics: dict) -> None:
+    def write(self, metrics: dict, wandb_only: dict | None = None) -> None:
+        """Append ``metrics`` (one iteration) to metrics.jsonl and W&B; ``wandb_only`` (a validation
+        table) goes to W&B alone, under its own keys. With logger.verl_names, W&B gets verl-agent's
+        names for the metrics ``gigpo.metrics.VERL_NAMES`` maps; metrics.jsonl keeps the harness names."""
         bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
         if bad:
             raise FloatingPointError(f"non-finite metric(s) at iteration {metrics.get('iter')}: "
@@ -152,16 +162,36 @@ class MetricsLog:
                 raise OSError(errno.ENOSPC, f"no space left on device while writing {self.path}") from error
             raise
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in metrics.items() if k != "iter"}, step=int(metrics["iter"]))
+            row = {(verl_name(k) if self.verl_names else k): v for k, v in metrics.items() if k != "iter"}
+            self.wandb.log({**row, **(wandb_only or {})}, step=int(metrics["iter"]))
+
+    def samples(self, records: list, tokenizer, iteration: int, env_steps: int) -> dict | None:
+        """The validation table for W&B (``wandb_run.validation_table``), capped at logger.val_table_rows
+        env steps; None without W&B, so nothing is decoded when nothing would receive it."""
+        if self.wandb is None:
+            return None
+        table = validation_table(records, tokenizer, self.val_table_rows, iteration, env_steps)
+        return None if table is None else {SAMPLES_KEY: table}
+
+    def log_checkpoint(self, path: Path, iteration: int, env_steps: int) -> None:
+        """With logger.log_checkpoints, the checkpoint just written becomes a W&B artifact version."""
+        if self.wandb is not None and self.log_checkpoints:
+            log_checkpoint(self.wandb, path, iteration, env_steps)
 
     def close(self, summary: dict) -> None:
         if self.wandb is not None:
             self.wandb.summary.update(summary)
-            self.wandb.finish()
+            finish_wandb(self.wandb)
 
 
-def _init_wandb(run_dir: Path, cfg):
-    """A W&B run with the resolved config, grouped by experiment; offline without an API key."""
+def _init_wandb(run_dir: Path, cfg, reuse_id: bool = True):
+    """A W&B run with the resolved config, grouped by experiment; offline without an API key.
+
+    Its id is kept in ``run_dir/wandb_id.txt`` and reused when that file exists (a resumed run
+    continues its W&B run; the sweep driver pre-writes the file to know a trial's run id). With
+    ``reuse_id=False`` (mode=eval) every call is a new W&B run and the file is left alone. Name,
+    tags, job type, axes and summaries: ``gigpo.wandb_run``.
+    """
     import wandb
 
     mode = cfg.logger.mode
@@ -169,16 +199,19 @@ def _init_wandb(run_dir: Path, cfg):
         log.warning("logger.mode=online but no W&B API key is set: logging offline to %s", run_dir / "wandb")
         mode = "offline"
     id_file = run_dir / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-    id_file.write_text(run_id)
+    run_id = id_file.read_text().strip() if reuse_id and id_file.exists() else uuid.uuid4().hex[:12]
+    if reuse_id:
+        id_file.write_text(run_id)
     # write_provenance wrote this start's record just before: reuse it (git subprocesses, package metadata).
     path = run_dir / PROVENANCE
     record = json.loads(path.read_text()) if path.exists() else provenance(cfg)
-    return wandb.init(
+    run = wandb.init(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         group=cfg.logger.group or cfg.experiment_name,
-        name=run_dir.name,
+        name=run_name(cfg),
+        tags=tags(cfg),
+        job_type=job_type(cfg),
         id=run_id,
         resume="allow",
         dir=str(run_dir),
@@ -187,6 +220,29 @@ def _init_wandb(run_dir: Path, cfg):
                 "provenance": {k: v for k, v in record.items() if k != "config"}},
         settings=wandb.Settings(silent=True, console="off"),
     )
+    define_metrics(run)
+    return run
+
+
+def finish_wandb(run) -> None:
+    """Finish the run; an offline one prints the command that uploads it."""
+    command = sync_command(run)
+    run.finish()
+    if command:
+        print(f"W&B run logged offline; upload it with: {command}", flush=True)
+
+
+def log_evaluation(out_dir: Path, cfg, result: dict, records: list, tokenizer) -> None:
+    """mode=eval with logger=wandb: a new W&B run (job_type eval) holding ``result`` as its one history
+    row and summary, with the validation table."""
+    if cfg.logger.name != "wandb" or cfg.logger.mode == "disabled":
+        return
+    run = _init_wandb(out_dir, cfg, reuse_id=False)
+    table = validation_table(records, tokenizer, cfg.logger.val_table_rows, 0, int(result.get(VAL_STEP, 0)))
+    row = {(verl_name(k) if cfg.logger.verl_names else k): v for k, v in result.items()}
+    run.log({**row, **({SAMPLES_KEY: table} if table is not None else {})}, step=0)
+    run.summary.update(row)
+    finish_wandb(run)
 
 
 def _wandb_logged_in() -> bool:

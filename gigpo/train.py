@@ -34,8 +34,10 @@ from gigpo.ppo import update
 from gigpo.policy.tokenizer import load_or_build_tokenizer
 from gigpo.rollout import Rollout, env_corpus, episode_summary, make_act, rollout
 from gigpo.runner import GroupRunner
-from gigpo.tracking import (CHECKPOINT, MetricsLog, atomic_write_text, load_checkpoint, peak_memory_mb,
+from gigpo.metrics import batch_metrics
+from gigpo.tracking import (CHECKPOINT, MetricsLog, atomic_write_text, load_checkpoint, log_evaluation, peak_memory_mb,
                             prepare_run, reset_peak_memory, save_checkpoint, set_rng_state, write_provenance)
+from gigpo.wandb_run import VAL_STEP
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +95,17 @@ def validation_seeds(env_cfg, evaluate: bool = False) -> list[int]:
                                                                                         env_cfg.val_pool))
 
 
-def validate(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, generate_fn=generate) -> dict[str, float]:
-    """Success on held-out episodes of the validation split, each played once (``validation_seeds``)."""
+def validate(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, generate_fn=generate,
+             records: list | None = None) -> dict[str, float]:
+    """Success on held-out episodes of the validation split, each played once (``validation_seeds``);
+    the step records are appended to ``records`` when given (W&B's validation table)."""
     policy.eval()
     seeds = validation_seeds(cfg.env, evaluate=cfg.mode == "eval")
     act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.val_temperature, clock,  # noqa: E731
                                          generate_fn)
     result = rollout(runner, act, seeds, group_size=1, desc="validation")
+    if records is not None:
+        records.extend(result.records)
     stats = runner.take_stats()
     summary = episode_summary(result.records, stats["failures"])
     if summary["episodes"] != len(seeds):
@@ -198,6 +204,8 @@ def compute_step_advantages(cfg: DictConfig, batch: Rollout) -> tuple[np.ndarray
         stats[f"adv/{name}_mean"] = float(values.mean())
         stats[f"adv/{name}_std"] = float(values.std())
         stats[f"adv/{name}_abs_mean"] = float(np.abs(values).mean())
+        stats[f"adv/{name}_min"] = float(values.min())
+        stats[f"adv/{name}_max"] = float(values.max())
     stats["adv/step_nonzero_share"] = float((parts["step"] != 0).mean())
     return parts["advantage"], stats
 
@@ -281,9 +289,12 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             restarts, failed = 0.0, 0.0
             if cfg.train.max_env_steps and env_steps >= cfg.train.max_env_steps:
                 break
+            val_samples = None
             if iteration % cfg.train.val_every == 0:
-                val = on_main(lambda: validate(cfg, val_runner, policy, tokenizer, generate_fn))
-                metrics.update(val)
+                val_records: list = []
+                val = on_main(lambda: validate(cfg, val_runner, policy, tokenizer, generate_fn, val_records))
+                metrics.update({**val, VAL_STEP: env_steps})  # taken before this iteration's rollout
+                val_samples = metrics_log.samples(val_records, tokenizer, iteration, env_steps) if main_rank else None
                 restarts += val["val/worker_restarts"]
                 failed += val["val/failed_episodes"]
                 if on_validation is not None:
@@ -318,7 +329,9 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             metrics.update({f"train/{k}": v for k, v in summary.items()})
             metrics.update(adv_stats)
             metrics.update(loss_stats)
+            metrics.update(batch_metrics(batch, tokenizer.eos_token_id, cfg.model.max_prompt_tokens))
             metrics.update({
+                "train/lr": optimizer.param_groups[0]["lr"],
                 "env_steps": env_steps,
                 "train/dropped_groups": dropped,
                 "env/failed_episodes": failed,
@@ -334,7 +347,7 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             })
             if not main_rank:
                 continue
-            metrics_log.write(metrics)
+            metrics_log.write(metrics, val_samples)
             bar.update(iteration + 1, env_steps, metrics)
             console.iteration_line(metrics, time.perf_counter() - iteration_start)
 
@@ -343,19 +356,22 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             budget_spent = bool(cfg.train.max_env_steps) and env_steps >= cfg.train.max_env_steps
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.iterations or budget_spent:
                 # ZeRO partitions the optimizer state: DeepSpeed checkpoints hold the weights only.
-                save_checkpoint(run_dir, done, policy, optimizer if ds_engine is None else None,
-                                {"env_steps": env_steps, "wall_s": time.perf_counter() - wall_start,
-                                 "config": json.dumps(config, sort_keys=True)})
+                saved = save_checkpoint(run_dir, done, policy, optimizer if ds_engine is None else None,
+                                        {"env_steps": env_steps, "wall_s": time.perf_counter() - wall_start,
+                                         "config": json.dumps(config, sort_keys=True)})
+                metrics_log.log_checkpoint(saved, done, env_steps)
 
         # ---- final validation, logged as the iteration after the last one
-        final_val = on_main(lambda: validate(cfg, val_runner, policy, tokenizer, generate_fn))
+        val_records = []
+        final_val = on_main(lambda: validate(cfg, val_runner, policy, tokenizer, generate_fn, val_records))
         if not main_rank:
             return float(final_val.get("val/success", 0.0))
         last = metrics_log.last_iteration() + 1
         metrics_log.write({"iter": last, "env_steps": env_steps, "final": True,
                            "time/wall_s": time.perf_counter() - wall_start,
                            "env/failed_episodes": final_val["val/failed_episodes"],
-                           "env/worker_restarts": final_val["val/worker_restarts"], **final_val})
+                           "env/worker_restarts": final_val["val/worker_restarts"], **final_val, VAL_STEP: env_steps},
+                          metrics_log.samples(val_records, tokenizer, last, env_steps))
         if on_validation is not None:
             on_validation(last, env_steps, final_val)
     finally:
@@ -390,13 +406,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     policy, _, tokenizer = build_policy(cfg, run_dir)
     policy.load_state_dict(state["model"])
     runner = make_runner(cfg, validation=True)
+    records: list = []
     try:
-        result = validate(cfg, runner, policy, tokenizer)
+        result = validate(cfg, runner, policy, tokenizer, records=records)
     finally:
         runner.close()
     out = run_dir / "eval.json"
     atomic_write_text(out, json.dumps({"checkpoint": str(file.resolve()), "iteration": iteration, **result},
                                       indent=2, sort_keys=True))
+    log_evaluation(run_dir, cfg, {**result, VAL_STEP: int(state.get("env_steps", 0))}, records, tokenizer)
     for key, value in sorted(result.items()):
         print(f"{key:40s} {value:.3f}")
     console.announce(f"checkpoint {file.resolve()} (iteration {iteration}): validation success "

@@ -1,0 +1,89 @@
+"""Per-iteration metrics that verl and TRL users look for, and the alias map to verl-agent's names.
+
+``batch_metrics`` adds, from a rollout's samples and rewards: prompt and response token lengths
+(mean/max) with the share that hit their cap, and the share of episode groups without signal
+(every trajectory of the group has the same return, so GRPO's and GiGPO's episode advantage is 0
+for all of them). ``verl_name`` renames a harness metric to verl-agent's name for W&B
+(``logger.verl_names=true``); ``metrics.jsonl`` always keeps the harness names, which analysis reads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# harness name -> verl-agent name. Only metrics whose meaning matches; the notes in README.md
+# ("Weights & Biases and metric names") say where the estimator or averaging differs.
+VERL_NAMES = {
+    "loss/pg_loss": "actor/pg_loss",
+    "loss/clip_frac": "actor/pg_clipfrac",
+    "loss/clip_frac_dual": "actor/pg_clipfrac_lower",
+    "loss/approx_kl_old": "actor/ppo_kl",
+    "loss/kl": "actor/kl_loss",
+    "loss/entropy": "actor/entropy_loss",
+    "loss/grad_norm": "actor/grad_norm",
+    "train/lr": "actor/lr",
+    "adv/advantage_mean": "critic/advantages/mean",
+    "adv/advantage_max": "critic/advantages/max",
+    "adv/advantage_min": "critic/advantages/min",
+    "train/success": "episode/success_rate",
+    "train/episode_return": "episode/reward/mean",
+    "train/episode_length": "episode/length/mean",
+    "response/length_mean": "response_length/mean",
+    "response/length_max": "response_length/max",
+    "response/truncated_share": "response_length/clip_ratio",
+    "prompt/length_mean": "prompt_length/mean",
+    "prompt/length_max": "prompt_length/max",
+    "prompt/truncated_share": "prompt_length/clip_ratio",
+    "time/rollout_s": "timing_s/gen",
+    "time/advantage_s": "timing_s/adv",
+    "time/update_s": "timing_s/update_actor",
+}
+
+
+def verl_name(name: str) -> str:
+    """verl-agent's name of a harness metric (per-task success ``train/success/<type>`` becomes
+    ``episode/<type>_success_rate``, as verl-agent's env managers name it); unmapped names unchanged."""
+    if name in VERL_NAMES:
+        return VERL_NAMES[name]
+    if name.startswith("train/success/"):
+        return f"episode/{name.removeprefix('train/success/')}_success_rate"
+    return name
+
+
+def length_metrics(samples, eos_id: int, max_prompt_tokens: int) -> dict[str, float]:
+    """Token lengths of prompts and responses (one sample per env step), with truncation shares.
+
+    A response is truncated when it ends without EOS (the sampler stopped at its token cap); a prompt
+    counts as truncated when it holds ``max_prompt_tokens`` tokens (``encode_prompts`` cut it from the
+    left, or it had exactly that many: verl's ``prompt_length/clip_ratio`` counts the same way).
+    """
+    if not samples:
+        raise ValueError("length_metrics: no samples (an empty rollout has no lengths)")
+    prompt = np.array([len(s.prompt_ids) for s in samples])  # [n]
+    response = np.array([len(s.response_ids) for s in samples])  # [n]
+    cut = np.array([s.response_ids[-1] != eos_id for s in samples])  # [n]
+    return {"prompt/length_mean": float(prompt.mean()), "prompt/length_max": float(prompt.max()),
+            "prompt/truncated_share": float((prompt >= max_prompt_tokens).mean()),
+            "response/length_mean": float(response.mean()), "response/length_max": float(response.max()),
+            "response/truncated_share": float(cut.mean())}
+
+
+def zero_variance_share(reward: np.ndarray, group_id: np.ndarray, traj_id: np.ndarray) -> float:
+    """Share of episode groups whose trajectories all have the same (undiscounted) return.
+
+    ``reward``, ``group_id``, ``traj_id``: [n] per env step. Such a group gives no episode-level
+    signal (its relative advantage A_E is 0 everywhere); GiGPO's step groups may still give some.
+    """
+    trajectories, index = np.unique(np.stack([group_id, traj_id]), axis=1, return_inverse=True)
+    returns = np.bincount(index.reshape(-1), weights=reward, minlength=trajectories.shape[1])  # [T]
+    traj_group = trajectories[0]  # [T]
+    groups = np.unique(traj_group)
+    # A tolerance: the same rewards summed in another order may differ in the last bit.
+    flat = [np.ptp(returns[traj_group == g]) <= 1e-9 for g in groups]
+    return float(np.mean(flat)) if len(groups) else 0.0
+
+
+def batch_metrics(batch, eos_id: int, max_prompt_tokens: int) -> dict[str, float]:
+    """Lengths, truncation shares and the no-signal group share of a training rollout."""
+    return {**length_metrics(batch.samples, eos_id, max_prompt_tokens),
+            "episode_groups/zero_variance_share": zero_variance_share(batch.reward, batch.group_id, batch.traj_id)}
