@@ -34,13 +34,14 @@ def run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return out
 
 
-def records(run_dir: Path) -> list:
-    """Every record of the run's offline ``.wandb`` file (the only offline run in ``run_dir``)."""
+def records(run_dir: Path, newest: bool = False) -> list:
+    """Every record of the run's offline ``.wandb`` file: the only offline run in ``run_dir``, or with
+    ``newest`` the latest one (folders are named offline-run-<YYYYmmdd_HHMMSS>-<id>)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(files) == 1, files
-    data = files[0].read_bytes()
+    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda f: f.parent.name)
+    assert len(files) >= 1 if newest else len(files) == 1, files
+    data = files[-1].read_bytes()
     assert data[:4] == b":W&B", data[:7]
     pos, out, pending = 7, [], b""
     while pos + 7 <= len(data):
@@ -147,7 +148,7 @@ def test_wandb_logging_does_not_change_the_numbers(tmp_path):
 
 
 def test_verl_names_rename_in_wandb_only_and_eval_is_its_own_job(tmp_path):
-    train_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
+    train_dir = tmp_path / "run"
     run([*TINY, "train.iterations=1", "logger=wandb", "logger.verl_names=true", f"run_dir={train_dir}"], tmp_path)
     logged = history(records(train_dir))[0]
     for harness, verl in [("loss/pg_loss", "actor/pg_loss"), ("loss/clip_frac", "actor/pg_clipfrac"),
@@ -159,17 +160,20 @@ def test_verl_names_rename_in_wandb_only_and_eval_is_its_own_job(tmp_path):
     assert logged["actor/pg_loss"] == local["loss/pg_loss"] and "actor/pg_loss" not in local
     assert logged["step_groups/count"] == local["step_groups/count"]  # unmapped names pass through
 
-    out = run([*TINY, "mode=eval", f"checkpoint={train_dir}", "logger=wandb", f"run_dir={eval_dir}"], tmp_path)
-    recs = records(eval_dir)
+    train_id = (train_dir / "wandb_id.txt").read_text()
+    out = run([*TINY, "mode=eval", f"checkpoint={train_dir}", "logger=wandb", f"run_dir={tmp_path / 'hydra'}"],
+              tmp_path)
+    recs = records(train_dir, newest=True)  # the evaluation logs beside the run it evaluated
     (info,) = of(recs, "run")
     assert info.job_type == "eval" and info.display_name == "eval-gigpo-sokoban_easy-tiny-s0-groups=2-" \
         "group_size=4-val_episodes=4-mini_batch_size=32"
     (row,) = history(recs)
     checkpoint_steps = metrics_jsonl(train_dir)[0]["env_steps"]
     assert row["val/env_steps"] == checkpoint_steps and row["samples/val"]["nrows"] > 0
-    assert row["val/success"] == json.loads((eval_dir / "eval.json").read_text())["val/success"]
+    assert row["val/success"] == json.loads((train_dir / "eval.json").read_text())["val/success"]
     assert "wandb sync " in out.stdout
-    assert not (eval_dir / "wandb_id.txt").exists()  # an evaluation is a new W&B run every time
+    # an evaluation is a new W&B run every time; the training run keeps its id
+    assert (train_dir / "wandb_id.txt").read_text() == train_id and info.run_id != train_id
 
 
 def compose(overrides: list[str]):
