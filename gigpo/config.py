@@ -276,7 +276,7 @@ class RolloutConfig:
 
 @dataclass
 class SweepConfig:
-    """Which Optuna trial a run belongs to: set by sweeps (sweeps.run, hydra/sweeper=optuna_gigpo), never by hand."""
+    """Which Optuna trial a run belongs to: set by sweeps (sweeps.run, hydra/sweeper=optuna_gigpo)."""
 
     study: Optional[str] = None
     """Study name; None: the run is not part of a sweep."""

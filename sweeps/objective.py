@@ -15,7 +15,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import optuna
 from omegaconf import DictConfig, open_dict
@@ -121,7 +121,7 @@ def reserve_wandb_id(run_dir: Path) -> str:
 
 def seed_config(cfg: DictConfig, trial: optuna.Trial, seed_index: int, run_dir: Path, seeds: int,
                 points: int) -> DictConfig:
-    """Seed ``seed_index``'s run of the trial: train.seed = base + k, its folder, and the trial in cfg.sweep."""
+    """Seed ``seed_index``'s run of the trial: train.seed = base + k, its folder, the trial in cfg.sweep."""
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.train.seed = cfg.train.seed + seed_index

@@ -23,6 +23,11 @@ What a sweep does:
 - seeds: ``seeds=K`` runs each trial K times (train.seed = base + k, one after another); the pruner sees
   the running mean over seeds at matched env-step grid points (details in PruningReporter);
 - results beside the study: best.json, trials.csv and PNG plots (history, importance, slice, contour).
+- W&B: with logger=wandb each seed's run id is fixed before it trains and stored in the trial's user
+  attributes (``wandb_run_id_seed<k>``), beside ``run_dir_seed<k>`` and ``success_seed<k>``.
+
+The Hydra sweeper ``python run.py -m hydra/sweeper=optuna_gigpo`` runs the same study (these functions,
+sweeps.objective.train_trial) with each trial a Hydra job: hydra_plugins/gigpo_optuna_sweeper/.
 
 Watch a sweep live with optuna-dashboard (``pip install optuna-dashboard``; not a gigpo dependency):
     optuna-dashboard sweeps_out/<study>/journal.log      # journal file storage (the default)
@@ -48,6 +53,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweeps.objective import Objective, SearchSpace, compose, load_space, open_storage, trial_overrides
+from sweeps.spaces import first_point
 
 log = logging.getLogger("sweeps")
 
@@ -107,7 +113,8 @@ def parse_args(argv: list[str]) -> tuple[SweepOptions, SearchSpace, list[str]]:
 
 def resolve_options(space: SearchSpace, given) -> SweepOptions:
     """SweepOptions from its defaults, then the space's ``options``, then ``given`` (wins); checked."""
-    merged = OmegaConf.merge(OmegaConf.structured(SweepOptions), space.options, given)  # typo'd types fail here
+    # A typo'd key or a wrong type fails here, naming it.
+    merged = OmegaConf.merge(OmegaConf.structured(SweepOptions), space.options, given)
     options = SweepOptions(**OmegaConf.to_container(merged))
     if options.pruner not in PRUNERS:
         raise ValueError(f"pruner={options.pruner!r} is not one of {list(PRUNERS)}")
@@ -121,7 +128,8 @@ def check_overrides(overrides: list[str], budget_option: str) -> None:
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key == "train.max_env_steps":
-            raise ValueError(f"{override}: set the env-step budget with {budget_option}, not train.max_env_steps=")
+            raise ValueError(f"{override}: set the env-step budget with {budget_option}, "
+                             "not train.max_env_steps=")
         if key == "sweep" or key.startswith("sweep."):
             raise ValueError(f"{override}: the sweep.* keys are set by the sweep for each trial")
 
@@ -266,8 +274,7 @@ def sweep(argv: list[str]) -> Path:
     study_dir = Path(options.out) / name
     study_dir.mkdir(parents=True, exist_ok=True)
     # Fail fast on a bad override or parameter key, before any trial starts.
-    first = {k: s["choices"][0] if s["type"] == "categorical" else s["low"] for k, s in space.params.items()}
-    compose(trial_overrides(overrides, first, options.budget, 0, 0))
+    compose(trial_overrides(overrides, first_point(space), options.budget, 0, 0))
 
     study = load_study(options, study_dir, name)
     prepare_study(study, options, space, overrides, study_dir, "study=NEW_NAME")

@@ -48,6 +48,11 @@ def parse_space(raw: dict, name: str, source: str) -> SearchSpace:
                        dict(raw.get("options") or {}))
 
 
+def first_point(space: SearchSpace) -> dict[str, Any]:
+    """Each parameter's first choice or lower bound: composed before a sweep starts, to fail fast."""
+    return {k: s["choices"][0] if s["type"] == "categorical" else s["low"] for k, s in space.params.items()}
+
+
 def load_space(name: str) -> SearchSpace:
     """``name`` is a file in conf/sweep/ (without .yaml) or a path to a YAML file."""
     path = Path(name)

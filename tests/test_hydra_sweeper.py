@@ -48,7 +48,7 @@ def test_basic_launcher_prunes_records_the_wandb_run_id_and_a_rerun_tops_up(tmp_
         # The id set on the trial before training is the one W&B logged under.
         wandb_id = t.user_attrs["wandb_run_id_seed0"]
         assert (run_dir / "wandb_id.txt").read_text() == wandb_id
-        assert list((run_dir / "wandb").glob(f"offline-run-*-{wandb_id}")), list((run_dir / "wandb").iterdir())
+        assert list((run_dir / "wandb").glob(f"offline-run-*-{wandb_id}")), os.listdir(run_dir / "wandb")
         saved = (run_dir / "config.yaml").read_text()
         assert f"trial: {t.number}" in saved and "max_env_steps: 60" in saved
     first_metrics = (tmp_path / "tiny" / "trial_0" / "metrics.jsonl").stat().st_mtime_ns
@@ -72,7 +72,8 @@ def test_basic_launcher_prunes_records_the_wandb_run_id_and_a_rerun_tops_up(tmp_
 
 def test_joblib_launcher_runs_a_batch_in_parallel_processes_with_seeds(tmp_path):
     result = multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
-                      "hydra.sweeper.n_trials=2", "hydra.sweeper.seeds=2", "hydra.sweeper.pruner=none", "train.seed=5")
+                      "hydra.sweeper.n_trials=2", "hydra.sweeper.seeds=2", "hydra.sweeper.pruner=none",
+                      "train.seed=5")
     assert result.returncode == 0, result.stderr[-3000:]
     trials = load(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
@@ -107,7 +108,8 @@ def test_a_failing_trial_is_fail_and_the_study_goes_on(tmp_path):
     assert trials[0].state == TrialState.FAIL and trials[0].params == {"algo.group_size": 1}
     assert "must be >= 2 for algo.name=grpo" in result.stderr + result.stdout
     assert trials[1].state in (TrialState.COMPLETE, TrialState.FAIL) and len(trials) == 2
-    assert trials[1].state == (TrialState.COMPLETE if trials[1].params["algo.group_size"] == 2 else TrialState.FAIL)
+    valid = trials[1].params["algo.group_size"] == 2
+    assert trials[1].state == (TrialState.COMPLETE if valid else TrialState.FAIL)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -121,3 +123,13 @@ def test_bad_sweeper_input_fails_before_any_trial_naming_it(tmp_path, args, mess
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-3000:]
     assert not (tmp_path / "tiny" / "trial_0").exists()
+
+
+def test_a_trial_handle_outside_the_sweeper_is_refused_naming_it(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "run.py", f"run_dir={tmp_path / 'run'}", "logger=none",
+               f"sweep.storage={tmp_path / 'journal.log'}", "sweep.study=x", "sweep.trial=0"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "set by hydra/sweeper=optuna_gigpo on its jobs" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

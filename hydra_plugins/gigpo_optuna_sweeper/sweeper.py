@@ -46,7 +46,8 @@ def sweep_options(sweeper: DictConfig, choices: DictConfig):
     config = OmegaConf.to_container(sweeper, resolve=True)
     choice = choices.get(SPACE_GROUP)
     space = parse_space(config["search_space"], str(choice), f"{SPACE_GROUP}={choice}")
-    given = {k: v for k, v in config.items() if k not in ("_target_", "search_space", "n_jobs") and v is not None}
+    not_options = ("_target_", "search_space", "n_jobs")
+    given = {k: v for k, v in config.items() if k not in not_options and v is not None}
     return space, resolve_options(space, OmegaConf.create({**given, "sweep": space.name}))
 
 
@@ -59,6 +60,9 @@ def run_trial_job(cfg: DictConfig) -> float:
     from sweeps.run import make_pruner
 
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.sweeper.get("_target_") != f"{__name__}.{GigpoOptunaSweeper.__name__}":
+        raise ValueError(f"sweep.storage={cfg.sweep.storage!r}: set by hydra/sweeper=optuna_gigpo on its jobs, "
+                         f"but this run's sweeper is {hydra_cfg.sweeper.get('_target_')!r}")
     _, options = sweep_options(hydra_cfg.sweeper, hydra_cfg.runtime.choices)
     return launched_trial(cfg, Path(cfg.run_dir), make_pruner(options))
 
@@ -85,6 +89,7 @@ class GigpoOptunaSweeper(Sweeper):
         from sweeps.objective import suggest, trial_overrides
         from sweeps.results import write_results
         from sweeps.run import FINISHED, check_overrides, load_study, prepare_study, storage_spec, study_name
+        from sweeps.spaces import first_point
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         if self.n_jobs < 1:
@@ -102,12 +107,13 @@ class GigpoOptunaSweeper(Sweeper):
         # again in each job, maybe on another machine).
         loader = self.hydra_context.config_loader
         base_seed = loader.load_sweep_config(self.config, overrides).train.seed
-        first = {k: s["choices"][0] if s["type"] == "categorical" else s["low"] for k, s in space.params.items()}
-        check(loader.load_sweep_config(self.config, trial_overrides(overrides, first, options.budget, 0, base_seed)))
+        first_overrides = trial_overrides(overrides, first_point(space), options.budget, 0, base_seed)
+        check(loader.load_sweep_config(self.config, first_overrides))
 
         study = load_study(options, study_dir, name)
         prepare_study(study, options, space, overrides, study_dir, "hydra.sweeper.study=NEW_NAME")
-        handle = [f"sweep.study={_quoted(name)}", f"sweep.storage={_quoted(storage_spec(options, study_dir))}",
+        storage = storage_spec(options, study_dir)
+        handle = [f"sweep.study={_quoted(name)}", f"sweep.storage={_quoted(storage)}",
                   f"sweep.seeds={options.seeds}", f"sweep.points={options.points}"]
         # One call runs at most as many trials as were missing, so a config that always crashes cannot
         # loop forever; RUNNING trials (another sweeper on the same storage) count as taken.
@@ -146,8 +152,8 @@ class GigpoOptunaSweeper(Sweeper):
                 raise ValueError(f"{override.input_line}: hydra/sweeper=optuna_gigpo searches the space in "
                                  "hydra/sweeper/search_space (conf/sweep/*.yaml); give plain overrides only")
             if override.get_key_element().lstrip("+~") == "run_dir":
-                raise ValueError(f"{override.input_line}: each trial runs in <hydra.sweep.dir>/<study>/trial_<n>; "
-                                 "set hydra.sweep.dir instead")
+                raise ValueError(f"{override.input_line}: each trial runs in "
+                                 "<hydra.sweep.dir>/<study>/trial_<n>; set hydra.sweep.dir instead")
 
     @staticmethod
     def _tell(study, trial, result: JobReturn) -> None:
@@ -155,7 +161,8 @@ class GigpoOptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         outcome = result._return_value
-        if result.status == JobStatus.COMPLETED and isinstance(outcome, (int, float)) and math.isfinite(outcome):
+        finite = isinstance(outcome, (int, float)) and math.isfinite(outcome)
+        if result.status == JobStatus.COMPLETED and finite:
             study.tell(trial, float(outcome), skip_if_finished=True)
         elif isinstance(outcome, optuna.TrialPruned):
             log.info("trial %d pruned: %s", trial.number, outcome)
