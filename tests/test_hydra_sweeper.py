@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -21,11 +23,17 @@ TINY = ["env.groups=2", "env.val_episodes=4", "train.val_every=1", "train.mini_b
         "hydra.sweeper.budget=60", "hydra.sweeper.points=2", "hydra.sweeper.study=tiny"]
 
 
+ENV = {**os.environ, "WANDB_SILENT": "true", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+
+
+def multirun_command(out: Path, *args: str, logger: str = "none") -> list[str]:
+    return [sys.executable, "run.py", "-m", "hydra/sweeper=optuna_gigpo", f"hydra.sweep.dir={out}",
+            f"logger={logger}", *TINY, *args]
+
+
 def multirun(out: Path, *args: str, logger: str = "none") -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_SILENT": "true", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "run.py", "-m", "hydra/sweeper=optuna_gigpo", f"hydra.sweep.dir={out}",
-               f"logger={logger}", *TINY, *args]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(multirun_command(out, *args, logger=logger), cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
 
 
 def load(out: Path, name: str = "tiny") -> optuna.Study:
@@ -93,17 +101,21 @@ def test_joblib_launcher_runs_a_batch_in_parallel_processes_with_seeds(tmp_path)
 
 
 def test_a_failing_trial_is_fail_and_the_study_goes_on(tmp_path):
-    """A space from a user config dir (hydra.searchpath) whose enqueued point fails run.py's check."""
+    """A space from a user config dir (hydra.searchpath) whose enqueued point fails run.py's check;
+    the study in an SQLite database."""
     spaces = tmp_path / "conf" / "hydra" / "sweeper" / "search_space"
     spaces.mkdir(parents=True)
     (spaces / "bad_first.yaml").write_text(
         "params:\n  algo.group_size: {type: categorical, choices: [2, 1]}\n"
         "enqueue:\n  - {algo.group_size: 1}\n")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"  # an RDB URL instead of the journal file
     result = multirun(tmp_path / "out", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
                       "hydra/sweeper/search_space=bad_first", "algo=grpo", "hydra.sweeper.n_trials=2",
-                      "hydra.sweeper.pruner=none", "hydra.sweeper.sampler_seed=0")
+                      "hydra.sweeper.pruner=none", "hydra.sweeper.sampler_seed=0",
+                      f"hydra.sweeper.storage={storage}")
     assert result.returncode == 0, result.stderr[-3000:]
-    trials = load(tmp_path / "out").trials
+    assert not (tmp_path / "out" / "tiny" / "journal.log").exists()
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
     # grpo with N = 1 has no baseline: the job's config check fails; the next trial runs.
     assert trials[0].state == TrialState.FAIL and trials[0].params == {"algo.group_size": 1}
     assert "must be >= 2 for algo.name=grpo" in result.stderr + result.stdout
@@ -131,5 +143,50 @@ def test_a_trial_handle_outside_the_sweeper_is_refused_naming_it(tmp_path):
                f"sweep.storage={tmp_path / 'journal.log'}", "sweep.study=x", "sweep.trial=0"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "set by hydra/sweeper=optuna_gigpo on its jobs" in result.stderr, result.stderr[-3000:]
+    assert "set by hydra/sweeper=optuna_gigpo on its" in result.stderr, result.stderr[-3000:]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "sweep").glob("*.yaml")))
+def test_every_conf_sweep_file_is_a_search_space_choice_with_sweeps_run_options(name):
+    """One source: hydra/sweeper/search_space=<name> composes conf/sweep/<name>.yaml, and the sweeper
+    resolves its options as sweeps.run does (command line, then the space's options, then defaults)."""
+    import hydra
+
+    from gigpo.config import register_configs
+    from hydra_plugins.gigpo_optuna_sweeper.sweeper import sweep_options
+    from sweeps.run import parse_args
+
+    register_configs()
+    with hydra.initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = hydra.compose("config", return_hydra_config=True, overrides=[
+            "hydra/sweeper=optuna_gigpo", f"hydra/sweeper/search_space={name}", "hydra.sweeper.seeds=3"])
+    space, options = sweep_options(cfg.hydra.sweeper, cfg.hydra.runtime.choices)
+    expected_options, expected_space, _ = parse_args([f"sweep={name}", "seeds=3"])
+    assert space == expected_space and options == expected_options
+    assert options.seeds == 3 and options.n_trials == expected_space.options["n_trials"]
+
+
+def test_a_killed_multirun_resumes_failing_its_orphan_and_repeating_nothing(tmp_path):
+    args = ["hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=none"]
+    proc = subprocess.Popen(multirun_command(tmp_path, *args), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    study_dir = tmp_path / "tiny"
+    try:
+        deadline = time.monotonic() + 300
+        while not (study_dir / "trial_1" / "config.yaml").exists():  # trial 1 is training (its pid recorded)
+            assert proc.poll() is None and time.monotonic() < deadline, "ended or hung before trial 1"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = {t.number: t.state for t in load(tmp_path).trials}
+    assert before[0] == TrialState.COMPLETE and before[1] == TrialState.RUNNING
+    first_summary = (study_dir / "trial_0" / "summary.json").stat().st_mtime_ns
+
+    result = multirun(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [t.state for t in load(tmp_path).trials]
+    # trial 1 was left RUNNING by the killed process: FAIL; trials 2 and 3 top the study up to 3 finished.
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert (study_dir / "trial_0" / "summary.json").stat().st_mtime_ns == first_summary

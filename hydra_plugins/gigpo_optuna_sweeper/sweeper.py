@@ -61,8 +61,8 @@ def run_trial_job(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.sweeper.get("_target_") != f"{__name__}.{GigpoOptunaSweeper.__name__}":
-        raise ValueError(f"sweep.storage={cfg.sweep.storage!r}: set by hydra/sweeper=optuna_gigpo on its jobs, "
-                         f"but this run's sweeper is {hydra_cfg.sweeper.get('_target_')!r}")
+        raise ValueError(f"sweep.storage={cfg.sweep.storage!r}: set by hydra/sweeper=optuna_gigpo on its "
+                         f"jobs, but this run's sweeper is {hydra_cfg.sweeper.get('_target_')!r}")
     _, options = sweep_options(hydra_cfg.sweeper, hydra_cfg.runtime.choices)
     return launched_trial(cfg, Path(cfg.run_dir), make_pruner(options))
 
