@@ -4,6 +4,9 @@ The objective is the final validation success after a fixed budget of environmen
 (``train.max_env_steps``), averaged over ``seeds`` runs with ``train.seed = base + k``. A fixed env-step
 budget, not a fixed iteration count, is what makes group sizes comparable: one iteration with N = 16
 collects eight times the steps of one with N = 2.
+
+``train_trial`` trains one trial's seeds; both entry points call it: ``Objective`` (``python -m sweeps.run``)
+and ``launched_trial`` (a job of the Hydra sweeper ``hydra/sweeper=optuna_gigpo``, rebuilt from the storage).
 """
 
 from __future__ import annotations
