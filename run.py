@@ -55,6 +55,10 @@ def main(cfg: DictConfig) -> float:
 
     if cfg.mode == "eval":
         return evaluate(cfg)["val/success"]
+    if cfg.sweep.storage is not None:  # a trial launched by hydra/sweeper=optuna_gigpo
+        from hydra_plugins.gigpo_optuna_sweeper.sweeper import run_trial_job
+
+        return run_trial_job(cfg)
     return train(cfg)
 
 

@@ -282,6 +282,27 @@ class RolloutConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Which Optuna trial a run belongs to: set by sweeps (sweeps.run, hydra/sweeper=optuna_gigpo)."""
+
+    study: Optional[str] = None
+    """Study name; None: the run is not part of a sweep."""
+    trial: Optional[int] = None
+    """Trial number in the study."""
+    seed_index: int = 0
+    """k of this run among the trial's seeds (train.seed = base + k)."""
+    seeds: int = 1
+    """Runs the trial trains, one after another; its objective is their mean."""
+    points: int = 10
+    """Pruning grid points per seed (sweeps.objective.PruningReporter)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """The trial's sampled parameters (also applied as overrides), kept in the run's record."""
+    storage: Optional[str] = None
+    """Set by the Hydra sweeper on its jobs: the study's RDB URL or journal file, from which run.py
+    rebuilds the trial (sweeps.objective.launched_trial); None for every other run."""
+
+
+@dataclass
 class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     env: EnvConfig = MISSING
@@ -297,6 +318,8 @@ class Config:
     """Checkpoint file or run directory for mode=eval."""
     run_dir: Optional[str] = None
     """Output folder; None: Hydra's output dir, or the current dir outside Hydra."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    """The sweep trial this run belongs to (empty outside sweeps)."""
 
 
 def _check_prompts(env) -> None:

@@ -4,55 +4,27 @@ The objective is the final validation success after a fixed budget of environmen
 (``train.max_env_steps``), averaged over ``seeds`` runs with ``train.seed = base + k``. A fixed env-step
 budget, not a fixed iteration count, is what makes group sizes comparable: one iteration with N = 16
 collects eight times the steps of one with N = 2.
+
+``train_trial`` trains one trial's seeds; both entry points call it: ``Objective`` (``python -m sweeps.run``)
+and ``launched_trial`` (a job of the Hydra sweeper ``hydra/sweeper=optuna_gigpo``, rebuilt from the storage).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import socket
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-SPACE_DIR = CONF_DIR / "sweep"
-DISTRIBUTIONS = ("categorical", "float", "int")
-
-
-@dataclass
-class SearchSpace:
-    """A parsed conf/sweep/<name>.yaml (format documented in conf/sweep/group_size_weight.yaml)."""
-
-    name: str
-    params: dict[str, dict[str, Any]]
-    enqueue: list[dict[str, Any]] = field(default_factory=list)
-    overrides: list[str] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def load_space(name: str) -> SearchSpace:
-    """``name`` is a file in conf/sweep/ (without .yaml) or a path to a YAML file."""
-    path = Path(name)
-    if path.suffix not in (".yaml", ".yml"):
-        path = SPACE_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"sweep={name}: no {path}; known sweeps: {known}")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    unknown = set(raw) - {"params", "enqueue", "overrides", "options"}
-    if unknown or not raw.get("params"):
-        raise ValueError(f"{path}: needs `params`, may have enqueue/overrides/options; got {sorted(raw)}")
-    for key, spec in raw["params"].items():
-        if spec.get("type") not in DISTRIBUTIONS:
-            raise ValueError(f"{path}: {key}.type must be one of {DISTRIBUTIONS}, got {spec.get('type')!r}")
-    for point in raw.get("enqueue") or []:
-        if set(point) != set(raw["params"]):
-            raise ValueError(f"{path}: enqueued point {point} must set exactly {sorted(raw['params'])}")
-    return SearchSpace(path.stem, raw["params"], raw.get("enqueue") or [], raw.get("overrides") or [],
-                       raw.get("options") or {})
+# Re-exported: the search-space format lives in sweeps.spaces (importable without optuna).
+from sweeps.spaces import CONF_DIR, SPACE_DIR, SearchSpace, load_space  # noqa: E402,F401
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
@@ -129,6 +101,69 @@ class PruningReporter:
         return on_validation
 
 
+def record_worker(trial: optuna.Trial) -> None:
+    """Who runs the trial, first thing: a restarted sweep fails RUNNING trials whose process is gone."""
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+
+
+def reserve_wandb_id(run_dir: Path) -> str:
+    """The W&B run id the run in ``run_dir`` will log under, fixed before training starts.
+
+    gigpo.tracking reuses ``run_dir/wandb_id.txt`` when it exists, so writing it here lets the trial
+    name its W&B run (user attribute ``wandb_run_id_seed<k>``) while the run is still going.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    id_file = run_dir / "wandb_id.txt"
+    if id_file.exists() and id_file.read_text().strip():
+        return id_file.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    id_file.write_text(run_id)
+    return run_id
+
+
+def seed_config(cfg: DictConfig, trial: optuna.Trial, seed_index: int, run_dir: Path, seeds: int,
+                points: int) -> DictConfig:
+    """Seed ``seed_index``'s run of the trial: train.seed = base + k, its folder, the trial in cfg.sweep."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.train.seed = cfg.train.seed + seed_index
+        cfg.run_dir = str(run_dir)
+        cfg.sweep.study = trial.study.study_name
+        cfg.sweep.trial = trial.number
+        cfg.sweep.seed_index = seed_index
+        cfg.sweep.seeds = seeds
+        cfg.sweep.points = points
+        cfg.sweep.params = dict(trial.params)
+    return cfg
+
+
+def train_trial(trial: optuna.Trial, cfg: DictConfig, seeds: int, points: int, run_dirs: list[Path]) -> float:
+    """Train the trial's ``seeds`` runs one after another from ``cfg`` (seed 0's config, whose
+    ``train.max_env_steps`` is the budget); returns their mean final validation success.
+
+    Both sweep entry points end here: sweeps.run's Objective and a job launched by the Hydra sweeper.
+    Validation success goes to the pruner through PruningReporter; optuna.TrialPruned propagates.
+    """
+    from gigpo.train import train
+
+    reporter = PruningReporter(trial, cfg.train.max_env_steps, points)
+    values = []
+    for k in range(seeds):
+        run_cfg = seed_config(cfg, trial, k, run_dirs[k], seeds, points)
+        trial.set_user_attr(f"run_dir_seed{k}", str(run_dirs[k]))
+        wandb_id = reserve_wandb_id(run_dirs[k]) if run_cfg.logger.name == "wandb" else None
+        if wandb_id:
+            trial.set_user_attr(f"wandb_run_id_seed{k}", wandb_id)
+        values.append(train(run_cfg, on_validation=reporter.for_seed(k)))
+        trial.set_user_attr(f"success_seed{k}", values[-1])
+        id_file = run_dirs[k] / "wandb_id.txt"
+        if wandb_id and id_file.exists() and id_file.read_text().strip() != wandb_id:
+            # train.overwrite=true deleted the folder's files, and with them the id written above.
+            trial.set_user_attr(f"wandb_run_id_seed{k}", id_file.read_text().strip())
+    return sum(values) / len(values)
+
+
 @dataclass
 class Objective:
     """Callable for ``study.optimize``: trains ``seeds`` runs of one parameter set, returns mean success."""
@@ -142,26 +177,47 @@ class Objective:
     points: int
 
     def __call__(self, trial: optuna.Trial) -> float:
-        # Who runs the trial, first thing: a restarted sweep fails RUNNING trials whose process is gone.
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
-        from gigpo.train import train
-
+        record_worker(trial)
         params = suggest(trial, self.space)
-        reporter = PruningReporter(trial, self.budget, self.points)
         base_seed = compose(self.overrides).train.seed
-        values = []
-        for k in range(self.seeds):
-            suffix = "" if self.seeds == 1 else f"_seed{k}"
-            run_dir = self.study_dir / f"trial_{trial.number}{suffix}"
-            cfg = compose(trial_overrides(self.overrides, params, self.budget, k, base_seed))
-            with open_dict(cfg):
-                cfg.run_dir = str(run_dir)
-                cfg.experiment_name = self.study_name
-                cfg.logger.group = self.study_name
-                cfg.sweep = {"study": self.study_name, "trial": trial.number, "seed_index": k,
-                             "params": params}
-            trial.set_user_attr(f"run_dir_seed{k}", str(run_dir))
-            values.append(train(cfg, on_validation=reporter.for_seed(k)))
-            trial.set_user_attr(f"success_seed{k}", values[-1])
-        return sum(values) / len(values)
+        cfg = compose(trial_overrides(self.overrides, params, self.budget, 0, base_seed))
+        with open_dict(cfg):
+            cfg.experiment_name = self.study_name
+            cfg.logger.group = self.study_name
+        suffixes = [""] if self.seeds == 1 else [f"_seed{k}" for k in range(self.seeds)]
+        run_dirs = [self.study_dir / f"trial_{trial.number}{suffix}" for suffix in suffixes]
+        return train_trial(trial, cfg, self.seeds, self.points, run_dirs)
+
+
+def open_storage(spec: str):
+    """``spec`` is an Optuna RDB URL (``sqlite:///sweep.db``, ``postgresql://...``; it contains ``://``),
+    which gets heartbeats, or the path of a JournalStorage file."""
+    if "://" in spec:
+        # Heartbeats let any process fail trials whose worker died, on any machine.
+        return optuna.storages.RDBStorage(spec, heartbeat_interval=60, grace_period=180)
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    return optuna.storages.JournalStorage(JournalFileBackend(spec, lock_obj=JournalFileOpenLock(spec)))
+
+
+def launched_trial(cfg: DictConfig, output_dir: Path, pruner: optuna.pruners.BasePruner) -> float:
+    """A job of the Hydra sweeper (run.py under ``hydra/sweeper=optuna_gigpo``): rebuild the trial
+    named by ``cfg.sweep`` from its storage and train it, asking ``pruner`` (the sweep's) whether to
+    stop; seed k's run is ``output_dir`` (one seed) or ``output_dir/seed<k>``. The sweeper tells the
+    study the outcome (COMPLETE, PRUNED, FAIL)."""
+    sweep = cfg.sweep
+    storage = open_storage(sweep.storage)
+    try:
+        study_id = storage.get_study_id_from_name(sweep.study)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, sweep.trial)
+    except KeyError as error:
+        raise ValueError(f"sweep.study={sweep.study!r} sweep.trial={sweep.trial}: no such trial in "
+                         f"sweep.storage={sweep.storage!r} ({error})") from error
+    study = optuna.load_study(study_name=sweep.study, storage=storage, pruner=pruner)
+    trial = optuna.Trial(study, trial_id)
+    record_worker(trial)
+    run_dirs = [output_dir] if sweep.seeds == 1 else [output_dir / f"seed{k}" for k in range(sweep.seeds)]
+    value = train_trial(trial, cfg, sweep.seeds, sweep.points, run_dirs)
+    if not math.isfinite(value):
+        raise ValueError(f"trial {sweep.trial}: objective {value} is not finite")
+    return value

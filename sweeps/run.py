@@ -23,6 +23,11 @@ What a sweep does:
 - seeds: ``seeds=K`` runs each trial K times (train.seed = base + k, one after another); the pruner sees
   the running mean over seeds at matched env-step grid points (details in PruningReporter);
 - results beside the study: best.json, trials.csv and PNG plots (history, importance, slice, contour).
+- W&B: with logger=wandb each seed's run id is fixed before it trains and stored in the trial's user
+  attributes (``wandb_run_id_seed<k>``), beside ``run_dir_seed<k>`` and ``success_seed<k>``.
+
+The Hydra sweeper ``python run.py -m hydra/sweeper=optuna_gigpo`` runs the same study (these functions,
+sweeps.objective.train_trial) with each trial a Hydra job: hydra_plugins/gigpo_optuna_sweeper/.
 
 Watch a sweep live with optuna-dashboard (``pip install optuna-dashboard``; not a gigpo dependency):
     optuna-dashboard sweeps_out/<study>/journal.log      # journal file storage (the default)
@@ -47,7 +52,8 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from sweeps.objective import Objective, SearchSpace, compose, load_space, trial_overrides
+from sweeps.objective import Objective, SearchSpace, compose, load_space, open_storage, trial_overrides
+from sweeps.spaces import first_point
 
 log = logging.getLogger("sweeps")
 
@@ -100,15 +106,32 @@ def parse_args(argv: list[str]) -> tuple[SweepOptions, SearchSpace, list[str]]:
         (given if arg.split("=", 1)[0] in names else overrides).append(arg)
     cli = OmegaConf.from_dotlist(given)
     space = load_space(str(cli.get("sweep", SweepOptions.sweep)))
-    merged = OmegaConf.merge(OmegaConf.structured(SweepOptions), space.options, cli)  # typo'd types fail here
+    options = resolve_options(space, cli)
+    check_overrides(overrides, budget_option="budget=")
+    return options, space, [*space.overrides, *overrides]
+
+
+def resolve_options(space: SearchSpace, given) -> SweepOptions:
+    """SweepOptions from its defaults, then the space's ``options``, then ``given`` (wins); checked."""
+    # A typo'd key or a wrong type fails here, naming it.
+    merged = OmegaConf.merge(OmegaConf.structured(SweepOptions), space.options, given)
     options = SweepOptions(**OmegaConf.to_container(merged))
     if options.pruner not in PRUNERS:
         raise ValueError(f"pruner={options.pruner!r} is not one of {list(PRUNERS)}")
     if min(options.budget, options.n_trials, options.workers, options.seeds, options.points) < 1:
         raise ValueError("budget, n_trials, workers, seeds and points must be >= 1")
-    if any(o.startswith("train.max_env_steps=") for o in overrides):
-        raise ValueError("set the env-step budget with budget=, not train.max_env_steps=")
-    return options, space, [*space.overrides, *overrides]
+    return options
+
+
+def check_overrides(overrides: list[str], budget_option: str) -> None:
+    """Refuse training overrides a sweep sets itself (the budget, the trial handle)."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "train.max_env_steps":
+            raise ValueError(f"{override}: set the env-step budget with {budget_option}, "
+                             "not train.max_env_steps=")
+        if key == "sweep" or key.startswith("sweep."):
+            raise ValueError(f"{override}: the sweep.* keys are set by the sweep for each trial")
 
 
 def study_name(options: SweepOptions, overrides: list[str]) -> str:
@@ -119,14 +142,13 @@ def study_name(options: SweepOptions, overrides: list[str]) -> str:
     return ",".join([Path(options.sweep).stem, *kept])
 
 
-def make_storage(options: SweepOptions, study_dir: Path):
-    if options.storage:
-        # Heartbeats let any process fail trials whose worker died, on any machine.
-        return optuna.storages.RDBStorage(options.storage, heartbeat_interval=60, grace_period=180)
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+def storage_spec(options: SweepOptions, study_dir: Path) -> str:
+    """The RDB URL given as ``storage=``, else the study's journal file (sweeps.objective.open_storage)."""
+    return options.storage or str(study_dir / "journal.log")
 
-    path = str(study_dir / "journal.log")
-    return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+
+def make_storage(options: SweepOptions, study_dir: Path):
+    return open_storage(storage_spec(options, study_dir))
 
 
 def make_pruner(options: SweepOptions) -> optuna.pruners.BasePruner:
@@ -199,6 +221,24 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def prepare_study(study: optuna.Study, options: SweepOptions, space: SearchSpace, overrides: list[str],
+                  study_dir: Path, rename_hint: str) -> None:
+    """Before a sweep's trials: record the objective's setup (or refuse a study run with another), fail
+    trials left RUNNING by a dead process, enqueue the space's fixed points that no trial holds."""
+    objective_overrides = [o for o in overrides if not o.split("=", 1)[0].startswith(NOT_IN_NAME)]
+    setup = {"sweep": Path(options.sweep).stem, "params": space.params, "overrides": objective_overrides,
+             "budget": options.budget, "seeds": options.seeds, "points": options.points}
+    stored = study.user_attrs.get("setup")
+    if stored is None:
+        study.set_user_attr("setup", setup)
+    elif stored != json.loads(json.dumps(setup)):
+        raise ValueError(f"study {study.study_name!r} in {study_dir} was run with {stored}, not {setup}: "
+                         f"pass {rename_hint}")
+    fail_dead_trials(study)
+    enqueue_missing(study, space.enqueue)
+    log.info("study %s: %d of %d trials finished", study.study_name, count_finished(study), options.n_trials)
+
+
 def run_worker(options: SweepOptions, space: SearchSpace, overrides: list[str], study_dir: Path, name: str,
                worker: int = 0) -> None:
     """One process's share: run trials until the study holds n_trials finished or running ones."""
@@ -234,22 +274,10 @@ def sweep(argv: list[str]) -> Path:
     study_dir = Path(options.out) / name
     study_dir.mkdir(parents=True, exist_ok=True)
     # Fail fast on a bad override or parameter key, before any trial starts.
-    first = {k: s["choices"][0] if s["type"] == "categorical" else s["low"] for k, s in space.params.items()}
-    compose(trial_overrides(overrides, first, options.budget, 0, 0))
+    compose(trial_overrides(overrides, first_point(space), options.budget, 0, 0))
 
     study = load_study(options, study_dir, name)
-    objective_overrides = [o for o in overrides if not o.split("=", 1)[0].startswith(NOT_IN_NAME)]
-    setup = {"sweep": Path(options.sweep).stem, "params": space.params, "overrides": objective_overrides,
-             "budget": options.budget, "seeds": options.seeds, "points": options.points}
-    stored = study.user_attrs.get("setup")
-    if stored is None:
-        study.set_user_attr("setup", setup)
-    elif stored != json.loads(json.dumps(setup)):
-        raise ValueError(f"study {name!r} in {study_dir} was run with {stored}, not {setup}: "
-                         "pass study=NEW_NAME")
-    fail_dead_trials(study)
-    enqueue_missing(study, space.enqueue)
-    log.info("study %s: %d of %d trials finished", name, count_finished(study), options.n_trials)
+    prepare_study(study, options, space, overrides, study_dir, "study=NEW_NAME")
 
     if options.workers == 1:
         run_worker(options, space, overrides, study_dir, name)

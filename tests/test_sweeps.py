@@ -97,9 +97,14 @@ def test_failed_trial_is_recorded_and_the_study_goes_on_then_tops_up(tmp_path, m
 
     monkeypatch.setattr(gigpo.train, "train", fake_train)
     args = [f"out={tmp_path}", "study=fake", "n_trials=3", "startup_trials=1", "budget=100", "points=1",
-            "logger=none", "sampler_seed=0"]
+            "logger=wandb", "sampler_seed=0"]
     sweep(args)
     study = load(tmp_path, "fake")
+    # The W&B run id is fixed before training, in the trial and in the file gigpo.tracking reuses.
+    for t in study.trials:
+        id_file = tmp_path / "fake" / f"trial_{t.number}" / "wandb_id.txt"
+        assert t.user_attrs["wandb_run_id_seed0"] == id_file.read_text()
+    assert len({t.user_attrs["wandb_run_id_seed0"] for t in study.trials}) == 3
     # A worker runs at most n_trials trials per call (a crashing config cannot loop forever) ...
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED]
     assert study.trials[0].params == study.trials[0].system_attrs["fixed_params"]  # the enqueued baseline
