@@ -59,10 +59,17 @@ def env_preset(cfg, choices: dict | None = None) -> str:
     return choices.get("env") or cfg.env.name
 
 
+def in_sweep(cfg) -> bool:
+    """Whether the run is a sweep trial: sweeps name its study in cfg.sweep (every config has the
+    ``sweep`` group, with study None outside a sweep)."""
+    sweep = cfg.get("sweep")
+    return sweep is not None and sweep.get("study") is not None
+
+
 def job_type(cfg) -> str:
     if cfg.mode == "eval":
         return "eval"
-    return "sweep" if cfg.get("sweep") else "train"
+    return "sweep" if in_sweep(cfg) else "train"
 
 
 def run_name(cfg) -> str:
@@ -79,7 +86,7 @@ def run_name(cfg) -> str:
         key, _, value = override.lstrip("+~").partition("=")
         if key not in named and not key.startswith(NOT_IN_NAME):
             parts.append(f"{key.rsplit('.', 1)[-1]}={_basename(value)}")
-    if cfg.get("sweep"):
+    if in_sweep(cfg):
         parts.append(f"trial{cfg.sweep.trial}")
     name = ("eval-" if cfg.mode == "eval" else "") + "-".join(parts)
     if len(name) > NAME_LIMIT:

@@ -192,8 +192,7 @@ def test_name_keeps_the_algorithm_when_a_value_holds_a_path_and_sweeps_are_their
     assert run_name(cfg) == "grpo-sokoban-Qwen2.5-1.5B-Instruct-s0"
     assert tags(cfg) == ["algo:grpo", "env:sokoban", "model:Qwen2.5-1.5B-Instruct"]
     assert job_type(cfg) == "train"
-    with open_dict(cfg):
-        cfg.sweep = {"study": "s", "trial": 4, "seed_index": 0, "params": {}}
+    cfg.sweep.study, cfg.sweep.trial = "s", 4  # as sweeps.objective.seed_config sets them
     assert job_type(cfg) == "sweep" and run_name(cfg).endswith("-s0-trial4")
     # Too long: cut to 128 characters, ending with a hash of the whole, so distinct names stay distinct.
     long_a, long_b = (compose(["model=hf", f"model.path=/x/{'m' * 150}{end}"]) for end in "ab")
@@ -245,7 +244,7 @@ def test_sweep_trial_is_a_sweep_job_named_after_its_trial(tmp_path, monkeypatch)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
         cfg.experiment_name = cfg.logger.group = "study"
-        cfg.sweep = {"study": "study", "trial": 7, "seed_index": 0, "params": {"algo.step_weight": 0.5}}
+        cfg.sweep.study, cfg.sweep.trial, cfg.sweep.params = "study", 7, {"algo.step_weight": 0.5}
     train(cfg)
     import wandb
 
