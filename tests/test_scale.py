@@ -441,3 +441,18 @@ def test_training_loop_resumed_under_deepspeed_matches_an_uninterrupted_run(tmp_
     for name, weight in a["model"].items():
         assert torch.equal(weight, b["model"][name]), name
     assert [p.name for p in (tmp_path / "resumed" / "checkpoints" / "deepspeed").iterdir() if p.is_dir()] == ["iter_2"]
+
+
+def test_zero3_training_loop_on_several_ranks_is_refused_before_it_starts(monkeypatch):
+    """Rank 0 rolls out alone: under ZeRO-3 its forward passes' all-gathers would meet the other ranks'
+    broadcast of the batch (seen: an unpickling error on rank 1), so the config check refuses it."""
+    from gigpo.config import check
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ValueError, match="train.zero_stage=3 with several ranks"):
+        check(compose_cfg(["train.strategy=deepspeed", "train.zero_stage=3"]))
+    if HAS_DEEPSPEED:
+        check(compose_cfg(["train.strategy=deepspeed", "train.zero_stage=2"]))
+        monkeypatch.setenv("WORLD_SIZE", "1")
+        check(compose_cfg(["train.strategy=deepspeed", "train.zero_stage=3"]))
