@@ -55,6 +55,9 @@ def load_policy(run_dir: Path):
     if cfg.model.name == "tiny" and not (run_dir / "tokenizer").is_dir():
         raise FileNotFoundError(f"{run_dir / 'tokenizer'} is missing: the tiny model's vocabulary was built for this "
                                 "run and saved there; without it the exported weights would be unusable")
+    if cfg.model.name == "hf" and not Path(cfg.model.path).is_dir():
+        raise FileNotFoundError(f"model.path={cfg.model.path} (the source checkpoint this run trained from) is not a "
+                                "folder here: its architecture and tokenizer are needed to export the run")
     # One process on the CPU, no KL reference: only the policy's weights are wanted.
     cfg.train.device, cfg.train.strategy = "cpu", "single"
     cfg.algo.kl_coef, cfg.model.gradient_checkpointing = 0.0, False

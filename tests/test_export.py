@@ -146,3 +146,7 @@ def test_export_of_a_lora_run_on_an_hf_checkpoint_merges_the_adapter(tmp_path):
     assert json.loads((out_dir / "gigpo_export.json").read_text())["lora_merged"] is True
     assert (json.loads((out_dir / "tokenizer_config.json").read_text())["eos_token"]
             == json.loads((source / "tokenizer_config.json").read_text())["eos_token"])
+
+    source.rename(tmp_path / "moved")
+    gone = run(["-m", "gigpo.export", str(run_dir), str(tmp_path / "again")])
+    assert gone.returncode != 0 and f"model.path={source} (the source checkpoint" in gone.stderr

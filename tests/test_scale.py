@@ -391,7 +391,7 @@ def test_deepspeed_resume_restores_adam_moments_and_partitions_exactly(tmp_path,
         assert len(a["moments"]) == len(b["moments"]) == 3
         for x, y in zip(a["moments"], b["moments"]):
             assert torch.equal(x, y)
-        assert a["weights"].keys() == b["weights"].keys()
+        assert a["weights"].keys() == b["weights"].keys() and bool(a["weights"]) == (rank == 0)  # rank 0 holds them
         for name, weight in a["weights"].items():
             assert torch.equal(weight, b["weights"][name]), name
 
@@ -441,6 +441,15 @@ def test_training_loop_resumed_under_deepspeed_matches_an_uninterrupted_run(tmp_
     for name, weight in a["model"].items():
         assert torch.equal(weight, b["model"][name]), name
     assert [p.name for p in (tmp_path / "resumed" / "checkpoints" / "deepspeed").iterdir() if p.is_dir()] == ["iter_2"]
+
+    # The full weights in last.pt export like a single-process run's.
+    from safetensors.torch import load_file
+
+    exported = subprocess.run([sys.executable, "-m", "gigpo.export", str(tmp_path / "resumed"), str(tmp_path / "out")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    for name, weight in load_file(tmp_path / "out" / "model.safetensors").items():
+        assert torch.equal(weight, b["model"][name]), name
 
 
 def test_zero3_training_loop_on_several_ranks_is_refused_before_it_starts(monkeypatch):

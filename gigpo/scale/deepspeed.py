@@ -173,23 +173,27 @@ CHECKPOINT_DIR = "checkpoints/deepspeed"
 
 
 def full_module_state(engine) -> dict[str, torch.Tensor]:
-    """``engine.module.state_dict()`` with every tensor whole, on the CPU; collective under ZeRO-3,
-    where each module's own parameters are gathered in turn (peak: the largest module, not the model).
-    Every rank gets the dict (cheap next to the gather); tied weights appear under both names."""
-    module = engine.module
+    """``engine.module.state_dict()`` with every tensor whole, on the CPU, on rank 0 (other ranks get
+    an empty dict: host memory for one copy only). Collective under ZeRO-3, where each module's own
+    parameters are gathered in turn (peak: the largest module, not the model). Tied weights appear
+    under both names, as in ``state_dict``."""
+    module, copy = engine.module, rank() == 0
     if engine.zero_optimization_stage() != 3:
-        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()} if copy else {}
     import deepspeed
 
     state = {}
     for prefix, sub in module.named_modules():
-        own = list(sub.parameters(recurse=False))
-        with deepspeed.zero.GatheredParameters(own):
-            for name, p in sub.named_parameters(recurse=False):
-                state[f"{prefix}.{name}" if prefix else name] = p.detach().to("cpu", copy=True)
-        for name, b in sub.named_buffers(recurse=False):
-            if name not in sub._non_persistent_buffers_set:
-                state[f"{prefix}.{name}" if prefix else name] = b.detach().to("cpu", copy=True)
+        with deepspeed.zero.GatheredParameters(list(sub.parameters(recurse=False))):
+            if copy:
+                for name, p in sub.named_parameters(recurse=False):
+                    state[f"{prefix}.{name}" if prefix else name] = p.detach().to("cpu", copy=True)
+        if copy:
+            for name, b in sub.named_buffers(recurse=False):
+                if name not in sub._non_persistent_buffers_set:
+                    state[f"{prefix}.{name}" if prefix else name] = b.detach().to("cpu", copy=True)
+    if not copy:
+        return {}
     order = list(module.state_dict())  # partitioned (empty) tensors under ZeRO-3: the names, in order
     if sorted(order) != sorted(state):
         raise RuntimeError(f"gathered ZeRO-3 state names differ from the module's: {sorted(set(order) ^ set(state))[:5]}")
