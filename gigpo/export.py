@@ -12,12 +12,14 @@ OUT_DIR gets, from the weights of ``RUN_DIR/checkpoints/last.pt``:
   weights were trained with (the checkpoint's; equal to provenance.json's ``config_sha256`` of the
   start that wrote it), that run's git state from provenance.json, and the sampling settings.
 
-What vLLM needs from the folder, checked by the tests (read in vLLM's source, not run: no GPU here):
-``config.json`` ``architectures`` naming a registered class (``Qwen2ForCausalLM`` for the tiny model,
-the source's for hf), ``model_type``, ``max_position_embeddings`` and ``dtype``; weights as
-``*.safetensors`` in the folder (``vllm/model_executor/model_loader/default_loader.py`` globs them)
-under transformers' names, no ``base_model.model.`` prefix and no ``lora_`` tensors (the model's
-``load_weights`` maps HF names; a tied ``lm_head.weight`` may be absent); tokenizer files beside it.
+What vLLM needs from the folder, checked by the tests (read in vLLM's GitHub source, not run: no
+GPU here): ``config.json`` ``architectures`` naming a registered class (``Qwen2ForCausalLM`` for the
+tiny model, the source's for hf), ``model_type``, ``max_position_embeddings`` and ``dtype``; weights
+as ``*.safetensors`` in the folder (``vllm/model_executor/model_loader/default_loader.py``
+``_prepare_weights`` globs them) under transformers' names, no ``base_model.model.`` prefix and no
+``lora_`` tensors (``vllm/model_executor/models/qwen2.py`` ``load_weights`` stacks q/k/v and
+gate/up from HF names and skips ``lm_head.`` when the embeddings are tied, so its absence is fine);
+tokenizer files beside it.
 A tiny model trained with ``model.constrained=true`` was trained under constrained decoding; a plain
 sampler does not apply it.
 

@@ -409,7 +409,6 @@ def test_deepspeed_resume_refuses_another_world_size_and_missing_shards(tmp_path
     assert two.returncode != 0 and "has 1 optimizer shards for 2 ranks" in two.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed not installed")
 def test_training_loop_resumed_under_deepspeed_matches_an_uninterrupted_run(tmp_path, extensions_dir):
     """run.py under torchrun (2 ranks, ZeRO-2): 1 iteration, stop, resume to 2, vs 2 straight. The
