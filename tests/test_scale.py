@@ -370,7 +370,8 @@ def run_resume_check(tmp_path: Path, name: str, zero_stage: int, extensions: Pat
 def test_deepspeed_resume_restores_adam_moments_and_partitions_exactly(tmp_path, extensions_dir, zero_stage):
     """4 updates straight vs 2 + checkpoint + a new launch resuming for 2 more: every rank's Adam
     moments, the final weights and the last updates' metrics are bitwise equal (a restarted optimizer
-    would move the weights differently in update 3)."""
+    would move the weights differently in update 3). The resume reads the tag last.pt names, so a
+    half-written later tag is ignored."""
     straight = run_resume_check(tmp_path, "straight", zero_stage, extensions_dir)
     assert straight.returncode == 0, straight.stderr[-5000:]
     first = run_resume_check(tmp_path, "resumed", zero_stage, extensions_dir, stop_after=2)
@@ -380,6 +381,10 @@ def test_deepspeed_resume_restores_adam_moments_and_partitions_exactly(tmp_path,
     last = torch.load(folder / "last.pt", weights_only=True)
     assert last["iteration"] == 2 and last["deepspeed"] == {"tag": "iter_2", "world_size": 2}
     assert all(t.numel() > 0 for t in last["model"].values())  # full weights, gathered under ZeRO-3
+    # A later save killed before last.pt was written: a partial tag, and DeepSpeed's `latest` naming it.
+    (folder / "deepspeed" / "iter_3").mkdir()
+    (folder / "deepspeed" / "iter_3" / "mp_rank_00_model_states.pt").write_bytes(b"trunc")
+    (folder / "deepspeed" / "latest").write_text("iter_3")
     second = run_resume_check(tmp_path, "resumed", zero_stage, extensions_dir)
     assert second.returncode == 0, second.stderr[-5000:]
 
@@ -444,8 +449,8 @@ def test_training_loop_resumed_under_deepspeed_matches_an_uninterrupted_run(tmp_
     # The full weights in last.pt export like a single-process run's.
     from safetensors.torch import load_file
 
-    exported = subprocess.run([sys.executable, "-m", "gigpo.export", str(tmp_path / "resumed"), str(tmp_path / "out")],
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+    exported = subprocess.run([sys.executable, "-m", "gigpo.export", str(tmp_path / "resumed"),
+                               str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert exported.returncode == 0, exported.stderr[-3000:]
     for name, weight in load_file(tmp_path / "out" / "model.safetensors").items():
         assert torch.equal(weight, b["model"][name]), name

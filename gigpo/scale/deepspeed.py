@@ -196,7 +196,8 @@ def full_module_state(engine) -> dict[str, torch.Tensor]:
         return {}
     order = list(module.state_dict())  # partitioned (empty) tensors under ZeRO-3: the names, in order
     if sorted(order) != sorted(state):
-        raise RuntimeError(f"gathered ZeRO-3 state names differ from the module's: {sorted(set(order) ^ set(state))[:5]}")
+        differing = sorted(set(order) ^ set(state))[:5]
+        raise RuntimeError(f"gathered ZeRO-3 state names differ from the module's: {differing}")
     return {name: state[name] for name in order}
 
 

@@ -22,7 +22,8 @@ from gigpo.tracking import CHECKPOINT, load_checkpoint
 def adam_moments(engine) -> list[torch.Tensor]:
     """This rank's Adam state: the client AdamW's, keyed by ZeRO's flat fp32 partitions of this rank."""
     zero = engine.optimizer
-    flat = zero.fp32_partitioned_groups_flat if engine.zero_optimization_stage() == 3 else zero.single_partition_of_fp32_groups
+    stage3 = engine.zero_optimization_stage() == 3
+    flat = zero.fp32_partitioned_groups_flat if stage3 else zero.single_partition_of_fp32_groups
     state = zero.optimizer.state  # the client AdamW inside ZeRO's wrapper
     return [state[p][key].detach().clone() for p in flat for key in ("exp_avg", "exp_avg_sq", "step")]
 
@@ -53,8 +54,8 @@ def main() -> None:
             ds.save_checkpoint(run_dir, iteration + 1, engine, {})
             return
     weights = ds.full_module_state(engine)
-    torch.save({"metrics": metrics, "weights": weights, "moments": adam_moments(engine), "world_size": ds.world_size()},
-               f"{args.out}.rank{ds.rank()}.pt")
+    torch.save({"metrics": metrics, "weights": weights, "moments": adam_moments(engine),
+                "world_size": ds.world_size()}, f"{args.out}.rank{ds.rank()}.pt")
 
 
 if __name__ == "__main__":
