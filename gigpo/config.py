@@ -471,6 +471,10 @@ def check(cfg, runtime: bool = True) -> None:
     if cfg.train.strategy == "deepspeed" and not ("WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ):
         raise ValueError("train.strategy=deepspeed needs a distributed launcher (no WORLD_SIZE/LOCAL_RANK set): "
                          "torchrun --nproc_per_node K run.py train.strategy=deepspeed ...")
+    if (cfg.train.strategy == "deepspeed" and cfg.train.zero_stage == 3 and cfg.mode == "train"
+            and int(os.environ.get("WORLD_SIZE", "1")) > 1):  # rank 0's all-gathers would meet others' broadcasts
+        raise ValueError("train.zero_stage=3 with several ranks: the training loop rolls out on rank 0 alone, which "
+                         "cannot gather ZeRO-3's partitioned weights; use train.zero_stage=2")
     if str(cfg.train.device).startswith("cuda"):
         import torch
 

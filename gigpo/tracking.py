@@ -269,9 +269,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, iteration: int, model, optimizer, extra: dict | None = None) -> Path:
-    """Write model, optimizer, RNG states and the next iteration atomically (tmp file + rename).
-    ``extra`` must hold tensors and plain types only (the resolved config goes in as YAML text)."""
-    state = {"iteration": iteration, "model": model.state_dict(),
+    """Write model (a module, or its state dict), optimizer, RNG states and the next iteration atomically
+    (tmp file + rename). ``extra`` must hold tensors and plain types only (the resolved config goes in
+    as YAML text)."""
+    state = {"iteration": iteration, "model": model if isinstance(model, dict) else model.state_dict(),
              "optimizer": None if optimizer is None else optimizer.state_dict(), "rng": rng_state(), **(extra or {})}
     return atomic_write(run_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 

@@ -268,6 +268,8 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
 
         ds_engine = ds.wrap(cfg, policy)
         optimizer, on_main, main_rank = ds_engine.optimizer, ds.from_rank0, ds.rank() == 0
+        if previous.checkpoint is not None:  # optimizer (and ZeRO-3 parameter) partitions
+            ds.load_checkpoint(run_dir, ds_engine, previous.checkpoint)
     generate_fn = generate  # rollout=vllm: an engine mirroring the policy, re-synced after every optimizer step
     if cfg.rollout.name == "vllm":
         from gigpo.scale.vllm_rollout import VLLMRollout
@@ -345,21 +347,26 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
                 "perf/tokens_per_s": batch.tokens / max(batch.generate_s, 1e-9),
                 "perf/peak_mem_mb": peak_memory_mb(),
             })
+            done = iteration + 1
+            budget_spent = bool(cfg.train.max_env_steps) and env_steps >= cfg.train.max_env_steps
+            checkpoint_due = done % cfg.train.checkpoint_every == 0 or done == cfg.train.iterations or budget_spent
             if not main_rank:
+                if checkpoint_due:  # every rank takes part in rank 0's DeepSpeed checkpoint below
+                    ds.save_checkpoint(run_dir, done, ds_engine, {})
                 continue
             metrics_log.write(metrics, val_samples)
             bar.update(iteration + 1, env_steps, metrics)
             console.iteration_line(metrics, time.perf_counter() - iteration_start)
 
             # ---- checkpoint (after the metrics line, so a resumed run rewrites nothing it kept)
-            done = iteration + 1
-            budget_spent = bool(cfg.train.max_env_steps) and env_steps >= cfg.train.max_env_steps
-            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.iterations or budget_spent:
-                # ZeRO partitions the optimizer state: DeepSpeed checkpoints hold the weights only.
-                saved = save_checkpoint(run_dir, done, policy, optimizer if ds_engine is None else None,
-                                        {"env_steps": env_steps, "wall_s": time.perf_counter() - wall_start,
-                                         "config": json.dumps(config, sort_keys=True)})
-                metrics_log.log_checkpoint(saved, done, env_steps)
+            if checkpoint_due:
+                extra = {"env_steps": env_steps, "wall_s": time.perf_counter() - wall_start,
+                         "config": json.dumps(config, sort_keys=True)}
+                if ds_engine is not None:  # DeepSpeed's partitions, then last.pt with the full weights
+                    ds.save_checkpoint(run_dir, done, ds_engine, extra)
+                else:
+                    save_checkpoint(run_dir, done, policy, optimizer, extra)
+                metrics_log.log_checkpoint(run_dir / CHECKPOINT, done, env_steps)
 
         # ---- final validation, logged as the iteration after the last one
         val_records = []

@@ -10,16 +10,29 @@ update (checked by tests/test_scale.py, 1 vs 2 processes).
 Deliberate simplifications:
 - the rollout runs on rank 0 only (the other ranks wait); with ``rollout=vllm`` that is the usual
   colocated layout, with ``rollout=hf`` it leaves K-1 devices idle during generation;
-- ZeRO-3 partitions the parameters, so rank 0 cannot generate alone: use ZeRO-2 with ``rollout=hf``;
+- ZeRO-3 partitions the parameters, so rank 0 cannot generate alone: use ZeRO-2 with ``rollout=hf``
+  (``gigpo.config.check`` refuses ZeRO-3 training on several ranks; the update alone runs under ZeRO-3,
+  see ``dp_check`` and ``resume_check``);
 - the optimizer is the client ``torch.optim.AdamW`` (no C++ extension to compile); with
   ``train.offload=true`` DeepSpeed's CPU Adam is built from the config instead (compiled once);
-- checkpoints hold rank 0's full weights (ZeRO-2); resuming the partitioned optimizer state is not
-  supported (``train.resume`` restarts the optimizer).
+- a checkpoint is two things: DeepSpeed's own (``engine.save_checkpoint`` into
+  ``run_dir/checkpoints/deepspeed/iter_N``: each rank's optimizer partition, Adam moments included,
+  and under ZeRO-3 its parameter partition) and ``checkpoints/last.pt`` (the full weights, gathered
+  under ZeRO-3, with config and RNG, as a single-process run writes it, so the resume check,
+  ``mode=eval`` and ``gigpo.export`` read every run alike). last.pt is written atomically after
+  DeepSpeed's files and names their tag: it is the commit. A kill before it leaves the previous
+  last.pt and its tag intact; tags other than the committed one are deleted after the commit, so at
+  most two exist at once. Resume loads the tag last.pt names (``engine.load_checkpoint``) and so
+  continues exactly as an uninterrupted run (tests/test_scale.py, ZeRO-2 and ZeRO-3);
+- resuming on a different number of ranks is refused (ZeRO's partitions are laid out per rank);
+  the full weights in last.pt survive, for evaluation and export.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -151,3 +164,82 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
             return {n: p.detach().clone() for n, p in engine.module.named_parameters()}
     return {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+
+
+# ---- checkpoint and resume ---------------------------------------------------------------------
+
+CHECKPOINT_DIR = "checkpoints/deepspeed"
+"""DeepSpeed's own checkpoints, under the run folder: one tag ``iter_N`` per committed checkpoint."""
+
+
+def full_module_state(engine) -> dict[str, torch.Tensor]:
+    """``engine.module.state_dict()`` with every tensor whole, on the CPU, on rank 0 (other ranks get
+    an empty dict: host memory for one copy only). Collective under ZeRO-3, where each module's own
+    parameters are gathered in turn (peak: the largest module, not the model). Tied weights appear
+    under both names, as in ``state_dict``."""
+    module, copy = engine.module, rank() == 0
+    if engine.zero_optimization_stage() != 3:
+        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()} if copy else {}
+    import deepspeed
+
+    state = {}
+    for prefix, sub in module.named_modules():
+        with deepspeed.zero.GatheredParameters(list(sub.parameters(recurse=False))):
+            if copy:
+                for name, p in sub.named_parameters(recurse=False):
+                    state[f"{prefix}.{name}" if prefix else name] = p.detach().to("cpu", copy=True)
+        if copy:
+            for name, b in sub.named_buffers(recurse=False):
+                if name not in sub._non_persistent_buffers_set:
+                    state[f"{prefix}.{name}" if prefix else name] = b.detach().to("cpu", copy=True)
+    if not copy:
+        return {}
+    order = list(module.state_dict())  # partitioned (empty) tensors under ZeRO-3: the names, in order
+    if sorted(order) != sorted(state):
+        differing = sorted(set(order) ^ set(state))[:5]
+        raise RuntimeError(f"gathered ZeRO-3 state names differ from the module's: {differing}")
+    return {name: state[name] for name in order}
+
+
+def save_checkpoint(run_dir: Path, iteration: int, engine, extra: dict) -> None:
+    """Every rank: DeepSpeed's checkpoint (tag ``iter_<iteration>``), then rank 0 commits it by writing
+    last.pt (full weights, RNG, ``extra``, the tag and the world size) and deletes the other tags."""
+    from gigpo.tracking import save_checkpoint as save_last
+
+    folder, tag = Path(run_dir) / CHECKPOINT_DIR, f"iter_{iteration}"
+    engine.save_checkpoint(str(folder), tag=tag)  # collective; barriers before and after
+    weights = full_module_state(engine)  # collective under ZeRO-3
+    if rank() == 0:
+        save_last(run_dir, iteration, weights, None,
+                  {**extra, "deepspeed": {"tag": tag, "world_size": world_size()}})
+        for old in folder.iterdir():
+            if old.is_dir() and old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
+    if world_size() > 1:
+        dist.barrier()  # no rank runs ahead to the next save while rank 0 prunes
+
+
+def load_checkpoint(run_dir: Path, engine, state: dict) -> None:
+    """Restore DeepSpeed's checkpoint that ``state`` (the run's last.pt) names: optimizer partitions
+    (Adam moments) and, under ZeRO-3, parameter partitions. Refuses, naming the run folder, a last.pt
+    naming no DeepSpeed checkpoint, a different world size, or a tag whose files are missing (a
+    different ZeRO stage is refused earlier, by prepare_run's config check)."""
+    run_dir = Path(run_dir)
+    saved = state.get("deepspeed")
+    if saved is None:  # a DeepSpeed run checkpointed before DeepSpeed's own checkpoints were written
+        raise ValueError(f"{run_dir}: checkpoints/last.pt names no DeepSpeed checkpoint, so the optimizer state "
+                         "cannot be restored; restart with train.resume=false train.overwrite=true")
+    if saved["world_size"] != world_size():
+        raise ValueError(f"{run_dir}: the run was checkpointed with {saved['world_size']} DeepSpeed ranks and is "
+                         f"resumed with {world_size()}: ZeRO's optimizer partitions are per rank, so resume with "
+                         f"torchrun --nproc_per_node {saved['world_size']} (its full weights in checkpoints/last.pt "
+                         "still serve mode=eval and gigpo.export)")
+    folder = run_dir / CHECKPOINT_DIR
+    shards = sorted((folder / saved["tag"]).glob("*optim_states.pt")) if (folder / saved["tag"]).is_dir() else []
+    if len(shards) != world_size():
+        raise FileNotFoundError(f"{folder / saved['tag']}: DeepSpeed's checkpoint named by checkpoints/last.pt "
+                                f"has {len(shards)} optimizer shards for {world_size()} ranks (deleted or not "
+                                "copied with the run?); restart with train.resume=false train.overwrite=true")
+    path, _ = engine.load_checkpoint(str(folder), tag=saved["tag"])
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load {folder / saved['tag']}")
