@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.load import history_frame, load_runs
-from analysis.tables import order_methods
+from gigpo.analysis.load import history_frame, load_runs
+from gigpo.analysis.tables import order_methods
 
 SIZE_BUCKETS = {"1": "step_groups/size_hist/1", "2-5": "step_groups/size_hist/2-5",
                 "6-9": "step_groups/size_hist/6-9", ">=10": "step_groups/size_hist/10+"}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import load_runs, runs_frame
+from gigpo.analysis.load import load_runs, runs_frame
 
 # Config keys that do not change what a run computes: never split cells (prefixes end with ".").
 NOT_A_SETTING = ("train.seed", "run_dir", "logger.", "env.workers", "env.step_timeout_s", "train.threads",

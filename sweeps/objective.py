@@ -17,7 +17,10 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+import gigpo.conf
+
+# Through the package, never a path relative to this file: installed, conf/ is gigpo/conf/.
+CONF_DIR = Path(gigpo.conf.__file__).parent
 SPACE_DIR = CONF_DIR / "sweep"
 DISTRIBUTIONS = ("categorical", "float", "int")
 
@@ -77,7 +80,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from gigpo.config import check, register_configs
 
     register_configs()
-    with hydra.initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+    with hydra.initialize_config_module(version_base="1.3", config_module="gigpo.conf"):
         cfg = hydra.compose("config", overrides=overrides)
     check(cfg)
     return cfg

@@ -47,7 +47,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from sweeps.objective import Objective, SearchSpace, compose, load_space, trial_overrides
+from gigpo.sweeps.objective import Objective, SearchSpace, compose, load_space, trial_overrides
 
 log = logging.getLogger("sweeps")
 
@@ -265,7 +265,7 @@ def sweep(argv: list[str]) -> Path:
         if bad:
             raise RuntimeError(f"sweep workers exited with codes {bad}")
 
-    from sweeps.results import write_results
+    from gigpo.sweeps.results import write_results
 
     write_results(load_study(options, study_dir, name), study_dir, options)
     return study_dir

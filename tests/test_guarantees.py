@@ -127,7 +127,7 @@ def test_a_run_whose_every_episode_fails_stops_naming_the_cause(tmp_path, sokoba
 def test_a_sweep_trial_whose_episodes_all_fail_is_fail_not_zero(tmp_path, sokoban_fails):
     import optuna
 
-    from sweeps.objective import Objective, SearchSpace
+    from gigpo.sweeps.objective import Objective, SearchSpace
 
     sokoban_fails(lambda seed: seed >= 1_000_000)
     space = SearchSpace("t", {"algo.step_weight": {"type": "float", "low": 0.0, "high": 1.0}})
