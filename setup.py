@@ -14,7 +14,8 @@ from setuptools import find_namespace_packages, find_packages, setup
 
 MAPPED = {"gigpo.conf": "conf", "gigpo.sweeps": "sweeps", "gigpo.analysis": "analysis"}
 
-packages = find_packages(include=["gigpo", "gigpo.*"])
+# Namespace-aware for gigpo itself: gigpo/policy/ has no __init__.py.
+packages = find_namespace_packages(include=["gigpo", "gigpo.*"], exclude=["*__pycache__*"])
 for name, folder in MAPPED.items():
     packages += [name, *(f"{name}.{sub}" for sub in find_packages(folder))]
 packages += find_namespace_packages(include=["hydra_plugins", "hydra_plugins.*"], exclude=["*__pycache__*"])

@@ -254,5 +254,11 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def cli() -> None:
+    """The ``gigpo-tables`` command: ``main`` without its return value, which a console script would
+    turn into the exit status (a non-empty dict exits 1)."""
+    main()
+
+
 if __name__ == "__main__":
     main()

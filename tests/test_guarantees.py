@@ -423,7 +423,7 @@ def test_constraints_lock_every_dependency_without_local_paths():
                for name, version in pins.items()), "only name==version lines (no paths, URLs or local labels)"
     assert pins["torch"] == "2.13.0"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [*project["dependencies"], *(d for extra in ("dev", "alfworld", "scale")
+    wanted = [*project["dependencies"], *(d for extra in ("dev", "alfworld", "scale", "sweep", "notebook")
                                           for d in project["optional-dependencies"][extra])]
     normal = {re.sub(r"[-_.]+", "-", name).lower() for name in pins}
     missing = [d for d in wanted if re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ]", d)[0]).lower() not in normal]

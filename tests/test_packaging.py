@@ -21,9 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"gigpo-train": "gigpo.cli:main", "gigpo-sweep": "gigpo.sweeps.run:main",
-           "gigpo-tables": "gigpo.analysis.tables:main"}
-# Folders of the checkout the wheel maps into gigpo (setup.py), and the ones it must leave out.
-MAPPED = {"conf": "gigpo/conf", "sweeps": "gigpo/sweeps", "analysis": "gigpo/analysis"}
+           "gigpo-tables": "gigpo.analysis.tables:cli"}
+# Folders of the checkout the wheel ships under gigpo (setup.py), and the names it must leave out.
+PACKAGED = {"gigpo": "gigpo", "conf": "gigpo/conf", "sweeps": "gigpo/sweeps", "analysis": "gigpo/analysis"}
 CHECKOUT_ONLY = ("analysis", "sweeps", "benchmarks", "tests", "conf", "scripts", "run", "setup")
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", "runs",
                                     "multirun", "outputs", "wandb", "sweeps_out", "analysis_out", ".pytest_cache")
@@ -42,9 +42,9 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
-def test_wheel_ships_every_config_and_the_mapped_packages_under_gigpo(wheel):
+def test_wheel_ships_every_module_and_config_under_gigpo(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for folder, target in MAPPED.items():
+    for folder, target in PACKAGED.items():
         suffixes = ("*.yaml", "*.py") if folder == "conf" else ("*.py",)
         expected = {f"{target}/{p.relative_to(ROOT / folder).as_posix()}"
                     for suffix in suffixes for p in (ROOT / folder).rglob(suffix) if "__pycache__" not in p.parts}
@@ -118,3 +118,14 @@ def test_non_editable_install_trains_sweeps_and_tabulates_outside_the_checkout(w
     run(str(bin_dir / "gigpo-tables"), str(work / "runs"), "--out", str(work / "tables"))
     assert any((work / "tables").iterdir())
     assert not (work / "outputs").exists()  # nothing written beside the cwd but what was asked for
+
+
+def test_pyproject_gives_ranges_and_only_the_lock_pins_exact_versions():
+    """An exact ``==X.Y.Z`` belongs in constraints.txt; pyproject.toml states what the code needs."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *(d for deps in project["optional-dependencies"].values() for d in deps)]
+    exact = [d for d in wanted if re.search(r"===?\s*[0-9][0-9.]*\s*(;|$)", d)]
+    assert not exact, f"exact pins in pyproject.toml (move them to constraints.txt): {exact}"
