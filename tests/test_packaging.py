@@ -26,7 +26,8 @@ SCRIPTS = {"gigpo-train": "gigpo.cli:main", "gigpo-sweep": "gigpo.sweeps.run:mai
 PACKAGED = {"gigpo": "gigpo", "conf": "gigpo/conf", "sweeps": "gigpo/sweeps", "analysis": "gigpo/analysis"}
 CHECKOUT_ONLY = ("analysis", "sweeps", "benchmarks", "tests", "conf", "scripts", "run", "setup")
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", "runs",
-                                    "multirun", "outputs", "wandb", "sweeps_out", "analysis_out", ".pytest_cache")
+                                    "multirun", "outputs", "wandb", "sweeps_out", "analysis_out",
+                                    ".pytest_cache")
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,9 @@ def test_wheel_ships_every_module_and_config_under_gigpo(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for folder, target in PACKAGED.items():
         suffixes = ("*.yaml", "*.py") if folder == "conf" else ("*.py",)
-        expected = {f"{target}/{p.relative_to(ROOT / folder).as_posix()}"
-                    for suffix in suffixes for p in (ROOT / folder).rglob(suffix) if "__pycache__" not in p.parts}
+        files = [p for suffix in suffixes for p in (ROOT / folder).rglob(suffix)
+                 if "__pycache__" not in p.parts]
+        expected = {f"{target}/{p.relative_to(ROOT / folder).as_posix()}" for p in files}
         assert expected and expected <= names, sorted(expected - names)[:10]
     assert "gigpo/conf/config.yaml" in names and "gigpo/conf/algo/gigpo.yaml" in names
     for plugin in (ROOT / "hydra_plugins").rglob("*.py"):  # Hydra's plugin namespace ships as it is
@@ -87,8 +89,8 @@ def test_non_editable_install_trains_sweeps_and_tabulates_outside_the_checkout(w
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     (Path(site) / "borrowed_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
-                             capture_output=True, text=True, timeout=600)
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
+                              str(wheel)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]
 
     work = tmp_path / "elsewhere"
@@ -126,6 +128,7 @@ def test_pyproject_gives_ranges_and_only_the_lock_pins_exact_versions():
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [*project["dependencies"], *(d for deps in project["optional-dependencies"].values() for d in deps)]
+    extras = project["optional-dependencies"].values()
+    wanted = [*project["dependencies"], *(d for deps in extras for d in deps)]
     exact = [d for d in wanted if re.search(r"===?\s*[0-9][0-9.]*\s*(;|$)", d)]
     assert not exact, f"exact pins in pyproject.toml (move them to constraints.txt): {exact}"
