@@ -76,6 +76,19 @@ def test_wheel_declares_the_console_scripts_and_their_targets_exist(wheel):
         assert callable(getattr(sys.modules[module], function)), target
 
 
+def test_a_checkout_resolves_the_mapped_names_without_any_install(tmp_path):
+    """``python -S`` (no site-packages, so no editable finder): the checkout alone gives gigpo.conf,
+    gigpo.sweeps and gigpo.analysis, from this tree (gigpo/__init__.py adds the checkout root)."""
+    code = ("import gigpo.conf, gigpo.sweeps, gigpo.analysis; "
+            "print(gigpo.conf.__file__, gigpo.sweeps.__file__, gigpo.analysis.__file__)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [str(ROOT / "conf" / "__init__.py"), str(ROOT / "sweeps" / "__init__.py"),
+                                   str(ROOT / "analysis" / "__init__.py")]
+
+
 @pytest.mark.slow
 def test_non_editable_install_trains_sweeps_and_tabulates_outside_the_checkout(wheel, tmp_path):
     """The wheel alone, installed into a fresh venv, runs its three commands from an unrelated folder.
