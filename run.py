@@ -1,66 +1,9 @@
-"""Hydra entry point: `python run.py [overrides]`, `python run.py -m algo=gigpo,grpo env=webshop`.
+"""Training from a checkout: ``python run.py [overrides]``, the same as ``gigpo-train [overrides]``.
 
-Composition validates every key and type against gigpo.config's dataclasses; ``check`` then
-validates values, before any run folder is kept. The training itself is ``gigpo.train.train(cfg) -> float``.
-
-Output folders (conf/config.yaml): an explicit ``run_dir=PATH`` is used as is; otherwise
-``runs/<experiment_name>/<overrides>``, with any ``/`` in an override value replaced by ``_`` so that
-``model.path=/a/b`` names one folder, not a tree.
+The Hydra entry point lives in gigpo/cli.py so that an installed wheel has it too.
 """
 
-import shutil
-from pathlib import Path
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
-
-from gigpo.config import check, register_configs
-from gigpo.console import register_help
-
-register_configs()
-register_help()  # renders `--help` (hydra.help.template in conf/config.yaml)
-# Used by hydra.run.dir / hydra.sweep.subdir in conf/config.yaml.
-OmegaConf.register_new_resolver("gigpo_run_dir", lambda run_dir, default: run_dir or default, replace=True)
-OmegaConf.register_new_resolver("gigpo_safe_name", lambda name: str(name).replace("/", "_") or "default",
-                                replace=True)
-
-
-def _remove_if_only_hydra(folder: Path) -> None:
-    """Hydra creates the output folder (with .hydra/ and a log) before main runs; a config that fails
-    its check must not leave it behind. Only Hydra's own files go, then the folders left empty
-    (never above the current directory); a folder holding anything else keeps it."""
-    if not folder.is_dir() or any(p.name not in (".hydra", "run.log") for p in folder.iterdir()):
-        return
-    shutil.rmtree(folder / ".hydra", ignore_errors=True)
-    (folder / "run.log").unlink(missing_ok=True)
-    cwd = Path.cwd().resolve()
-    for empty in [folder.resolve(), *folder.resolve().parents]:
-        if empty == cwd or cwd not in empty.parents or any(empty.iterdir()):
-            break
-        empty.rmdir()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        check(cfg)
-    except ValueError:
-        _remove_if_only_hydra(output_dir)
-        raise
-    with open_dict(cfg):
-        cfg.run_dir = cfg.run_dir or str(output_dir)
-    from gigpo.train import evaluate, train
-
-    if cfg.mode == "eval":
-        return evaluate(cfg)["val/success"]
-    if cfg.sweep.storage is not None:  # a trial launched by hydra/sweeper=optuna_gigpo
-        from hydra_plugins.gigpo_optuna_sweeper.sweeper import run_trial_job
-
-        return run_trial_job(cfg)
-    return train(cfg)
-
+from gigpo.cli import main
 
 if __name__ == "__main__":
     main()

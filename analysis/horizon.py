@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.load import Run, history_frame, load_runs
-from analysis.plots import learning_curves, points
-from analysis.study import GROUPS as GROUP_STATS
-from analysis.study import keep_raw_logs, plain_markdown, significance
-from analysis.tables import order_methods
+from gigpo.analysis.load import Run, history_frame, load_runs
+from gigpo.analysis.plots import learning_curves, points
+from gigpo.analysis.study import GROUPS as GROUP_STATS
+from gigpo.analysis.study import keep_raw_logs, plain_markdown, significance
+from gigpo.analysis.tables import order_methods
 
 PRIMARY, BASELINE = "GiGPO (mean)", "GRPO"
 FLOOR = 0.05

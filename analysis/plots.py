@@ -27,8 +27,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.load import history_frame, load_runs
-from analysis.tables import order_methods
+from gigpo.analysis.load import history_frame, load_runs
+from gigpo.analysis.tables import order_methods
 
 SIZE_BUCKETS = {"1": "step_groups/size_hist/1", "2-5": "step_groups/size_hist/2-5",
                 "6-9": "step_groups/size_hist/6-9", ">=10": "step_groups/size_hist/10+"}

@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.load import Run, load_runs, runs_frame
-from analysis.plots import plot_all
-from analysis.tables import build_tables, label_cells, order_methods, write_tables
+from gigpo.analysis.load import Run, load_runs, runs_frame
+from gigpo.analysis.plots import plot_all
+from gigpo.analysis.tables import build_tables, label_cells, order_methods, write_tables
 
 RAW_LOGS = ("config.yaml", "metrics.jsonl", "provenance.json", "summary.json")
 

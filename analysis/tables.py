@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import load_runs, runs_frame
+from gigpo.analysis.load import load_runs, runs_frame
 
 # Config keys that do not change what a run computes: never split cells (prefixes end with ".").
 NOT_A_SETTING = ("train.seed", "run_dir", "logger.", "env.workers", "env.step_timeout_s", "train.threads",
@@ -252,6 +252,12 @@ def main(argv: list[str] | None = None) -> dict[str, pd.DataFrame]:
         print(f"## {stem} (success/score in %, mean ± std over seeds)\n\n{to_markdown(table)}")
     print(f"wrote {len(tables)} tables (md, tex, csv) to {args.out}")
     return tables
+
+
+def cli() -> None:
+    """The ``gigpo-tables`` command: ``main`` without its return value, which a console script would
+    turn into the exit status (a non-empty dict exits 1)."""
+    main()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import optuna
 from omegaconf import DictConfig, open_dict
 
 # Re-exported: the search-space format lives in sweeps.spaces (importable without optuna).
-from sweeps.spaces import CONF_DIR, SPACE_DIR, SearchSpace, load_space  # noqa: E402,F401
+from gigpo.sweeps.spaces import CONF_DIR, SPACE_DIR, SearchSpace, load_space  # noqa: E402,F401
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from gigpo.config import check, register_configs
 
     register_configs()
-    with hydra.initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+    with hydra.initialize_config_module(version_base="1.3", config_module="gigpo.conf"):
         cfg = hydra.compose("config", overrides=overrides)
     check(cfg)
     return cfg

@@ -52,8 +52,8 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from sweeps.objective import Objective, SearchSpace, compose, load_space, open_storage, trial_overrides
-from sweeps.spaces import first_point
+from gigpo.sweeps.objective import Objective, SearchSpace, compose, load_space, open_storage, trial_overrides
+from gigpo.sweeps.spaces import first_point
 
 log = logging.getLogger("sweeps")
 
@@ -293,7 +293,7 @@ def sweep(argv: list[str]) -> Path:
         if bad:
             raise RuntimeError(f"sweep workers exited with codes {bad}")
 
-    from sweeps.results import write_results
+    from gigpo.sweeps.results import write_results
 
     write_results(load_study(options, study_dir, name), study_dir, options)
     return study_dir

@@ -14,7 +14,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+import gigpo.conf
+
+# Through the package, never a path beside this file: installed, conf/ is gigpo/conf/.
+CONF_DIR = Path(gigpo.conf.__file__).parent
 SPACE_DIR = CONF_DIR / "sweep"
 SPACE_GROUP = "hydra/sweeper/search_space"
 DISTRIBUTIONS = ("categorical", "float", "int")

@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.load import load_runs, runs_frame
-from analysis.load import history_frame
-from analysis.plots import advantage_spread, learning_curves, plot_all, step_group_sizes
-from analysis.tables import ALFWORLD_COLUMNS, build_tables, main as tables_main
+from gigpo.analysis.load import load_runs, runs_frame
+from gigpo.analysis.load import history_frame
+from gigpo.analysis.plots import advantage_spread, learning_curves, plot_all, step_group_sizes
+from gigpo.analysis.tables import ALFWORLD_COLUMNS, build_tables, main as tables_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["env.groups=2", "algo.group_size=4", "env.val_episodes=4", "train.val_every=1", "train.iterations=2",
@@ -220,7 +220,7 @@ def test_unfinished_runs_are_left_out_unless_asked_and_then_marked(varied, tmp_p
 
 
 def test_study_keeps_raw_logs_and_a_table_row_recomputes_from_them(varied, tmp_path):
-    from analysis.study import main as study_main
+    from gigpo.analysis.study import main as study_main
 
     out = tmp_path / "study"
     study_main([str(varied), "--out", str(out)])
@@ -240,7 +240,7 @@ def test_study_keeps_raw_logs_and_a_table_row_recomputes_from_them(varied, tmp_p
     mean, std = expected(kept[2:], "val/success")["GRPO"]
     assert again.loc["GRPO", "Success mean"] == pytest.approx(mean) and again.loc["GRPO", "Success std"] == pytest.approx(std)
     # one seed a side: no test and no interval
-    from analysis.study import significance
+    from gigpo.analysis.study import significance
 
     one = pd.DataFrame({"method": ["GRPO", "GiGPO (mean)"], "final success": [0.2, 0.4]})
     row = significance(one, "GRPO").loc["GiGPO (mean)"]

@@ -157,8 +157,8 @@ def test_tiny_run_with_graphgpo(tmp_path):
 
 
 def test_tables_label_graphgpo_after_the_baselines_and_gigpo():
-    from analysis.load import method_label
-    from analysis.tables import order_methods
+    from gigpo.analysis.load import method_label
+    from gigpo.analysis.tables import order_methods
 
     assert method_label({"algo": {"name": "graphgpo", "mode": "mean_std"}}) == "GraphGPO"
     assert order_methods(["GraphGPO", "GiGPO (mean)", "GRPO"]) == ["GRPO", "GiGPO (mean)", "GraphGPO"]

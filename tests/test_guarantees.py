@@ -127,7 +127,7 @@ def test_a_run_whose_every_episode_fails_stops_naming_the_cause(tmp_path, sokoba
 def test_a_sweep_trial_whose_episodes_all_fail_is_fail_not_zero(tmp_path, sokoban_fails):
     import optuna
 
-    from sweeps.objective import Objective, SearchSpace
+    from gigpo.sweeps.objective import Objective, SearchSpace
 
     sokoban_fails(lambda seed: seed >= 1_000_000)
     space = SearchSpace("t", {"algo.step_weight": {"type": "float", "low": 0.0, "high": 1.0}})
@@ -423,7 +423,7 @@ def test_constraints_lock_every_dependency_without_local_paths():
                for name, version in pins.items()), "only name==version lines (no paths, URLs or local labels)"
     assert pins["torch"] == "2.13.0"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [*project["dependencies"], *(d for extra in ("dev", "alfworld", "scale")
+    wanted = [*project["dependencies"], *(d for extra in ("dev", "alfworld", "scale", "sweep", "notebook")
                                           for d in project["optional-dependencies"][extra])]
     normal = {re.sub(r"[-_.]+", "-", name).lower() for name in pins}
     missing = [d for d in wanted if re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ]", d)[0]).lower() not in normal]

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.horizon import BASELINE, PRIMARY, decide, holm, trend_interval
+from gigpo.analysis.horizon import BASELINE, PRIMARY, decide, holm, trend_interval
 
 
 def test_holm_by_hand():

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeps.objective import open_storage
+from gigpo.sweeps.objective import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny runs as in test_sweeps.py: 2 groups, 4 validation episodes, a 60-env-step budget.
@@ -155,7 +155,7 @@ def test_every_conf_sweep_file_is_a_search_space_choice_with_sweeps_run_options(
 
     from gigpo.config import register_configs
     from hydra_plugins.gigpo_optuna_sweeper.sweeper import sweep_options
-    from sweeps.run import parse_args
+    from gigpo.sweeps.run import parse_args
 
     register_configs()
     with hydra.initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):

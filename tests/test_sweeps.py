@@ -16,8 +16,8 @@ import pytest
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from sweeps.objective import PruningReporter, load_space, trial_overrides
-from sweeps.run import parse_args, study_name, sweep
+from gigpo.sweeps.objective import PruningReporter, load_space, trial_overrides
+from gigpo.sweeps.run import parse_args, study_name, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny runs: 2 groups, 4 validation episodes, a 60-env-step budget (one to four iterations per trial).

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from sweeps.spaces import register_search_spaces
+from gigpo.sweeps.spaces import register_search_spaces
 
 
 @dataclass

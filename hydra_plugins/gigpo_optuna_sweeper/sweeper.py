@@ -40,8 +40,8 @@ def _quoted(value: str) -> str:
 def sweep_options(sweeper: DictConfig, choices: DictConfig):
     """The sweep's SearchSpace and sweeps.run.SweepOptions from ``hydra.sweeper`` (its None options take
     the space's ``options``, then SweepOptions' defaults: the resolution sweeps.run applies)."""
-    from sweeps.run import resolve_options
-    from sweeps.spaces import SPACE_GROUP, parse_space
+    from gigpo.sweeps.run import resolve_options
+    from gigpo.sweeps.spaces import SPACE_GROUP, parse_space
 
     config = OmegaConf.to_container(sweeper, resolve=True)
     choice = choices.get(SPACE_GROUP)
@@ -56,8 +56,8 @@ def run_trial_job(cfg: DictConfig) -> float:
     output folder, pruned by the pruner the job's ``hydra.sweeper`` config describes."""
     from hydra.core.hydra_config import HydraConfig
 
-    from sweeps.objective import launched_trial
-    from sweeps.run import make_pruner
+    from gigpo.sweeps.objective import launched_trial
+    from gigpo.sweeps.run import make_pruner
 
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.sweeper.get("_target_") != f"{__name__}.{GigpoOptunaSweeper.__name__}":
@@ -86,10 +86,10 @@ class GigpoOptunaSweeper(Sweeper):
         import optuna
 
         from gigpo.config import check
-        from sweeps.objective import suggest, trial_overrides
-        from sweeps.results import write_results
-        from sweeps.run import FINISHED, check_overrides, load_study, prepare_study, storage_spec, study_name
-        from sweeps.spaces import first_point
+        from gigpo.sweeps.objective import suggest, trial_overrides
+        from gigpo.sweeps.results import write_results
+        from gigpo.sweeps.run import FINISHED, check_overrides, load_study, prepare_study, storage_spec, study_name
+        from gigpo.sweeps.spaces import first_point
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         if self.n_jobs < 1:

@@ -1,0 +1,1 @@
+"""The Hydra config tree, a package so that an installed gigpo finds it as ``pkg://gigpo.conf``."""
