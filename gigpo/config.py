@@ -401,6 +401,8 @@ NON_NEGATIVE = ("train.lr", "train.weight_decay", "train.grad_clip", "train.max_
                 "algo.clip_low", "algo.clip_high", "algo.kl_coef", "algo.entropy_coef", "algo.eps",
                 "algo.max_resample", "env.history_len", "env.workers", "env.invalid_penalty", "model.temperature",
                 "model.val_temperature", "model.lora_rank", "model.lora_dropout", "logger.val_table_rows")
+# textworld 1.7.0 (ALFWorld's engine) breaks on Python 3.13 (PEP 667); checked by hand, see README.
+ALFWORLD_MAX_PYTHON = (3, 13)
 # Optional extras: env or feature -> (module that must import, pip command that installs it).
 EXTRAS = {
     "env=alfworld": ("textworld", 'pip install -c constraints.txt -e ".[alfworld]"'),
@@ -421,6 +423,7 @@ def check(cfg, runtime: bool = True) -> None:
     import importlib.util
     import math
     import os
+    import sys
 
     from omegaconf import OmegaConf
 
@@ -481,6 +484,10 @@ def check(cfg, runtime: bool = True) -> None:
         if not torch.cuda.is_available():
             raise ValueError(f"train.device={cfg.train.device}: CUDA is not available on this machine "
                              "(use train.device=cpu)")
+    if cfg.env.name == "alfworld" and sys.version_info >= ALFWORLD_MAX_PYTHON:
+        raise ValueError(f"env=alfworld does not run on Python {sys.version.split()[0]}: its engine, textworld 1.7, "
+                         "assigns to locals() before eval, which Python 3.13 ignores (PEP 667); use Python 3.11 "
+                         "or 3.12 for ALFWorld")
     needed = {"env=alfworld": cfg.env.name == "alfworld", "train.strategy=deepspeed": cfg.train.strategy == "deepspeed",
               "model.lora_rank>0": cfg.model.lora_rank > 0, "rollout=vllm": cfg.rollout.name == "vllm"}
     for what, (module, command) in EXTRAS.items():

@@ -106,7 +106,7 @@ def export(run_dir: Path, out_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gigpo.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="gigpo-export", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a training run folder (holding checkpoints/last.pt)")
     parser.add_argument("out_dir", type=Path, help="the folder to create (must not exist, or be empty)")
     args = parser.parse_args(argv)

@@ -325,6 +325,10 @@ def package_versions() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    # PyPI's CUDA wheels carry a bare version in their metadata ("2.13.0") while torch itself says
+    # which build it is ("2.13.0+cu130"); the build changes the numbers, so record torch's own word.
+    versions["torch"] = torch.__version__
+    versions["torch_cuda"] = torch.version.cuda
     return versions
 
 

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"gigpo-train": "gigpo.cli:main", "gigpo-sweep": "gigpo.sweeps.run:main",
-           "gigpo-tables": "gigpo.analysis.tables:cli"}
+           "gigpo-tables": "gigpo.analysis.tables:cli", "gigpo-export": "gigpo.export:main"}
 # Folders of the checkout the wheel ships under gigpo (setup.py), and the names it must leave out.
 PACKAGED = {"gigpo": "gigpo", "conf": "gigpo/conf", "sweeps": "gigpo/sweeps", "analysis": "gigpo/analysis"}
 CHECKOUT_ONLY = ("analysis", "sweeps", "benchmarks", "tests", "conf", "scripts", "run", "setup")
@@ -124,6 +124,13 @@ def test_non_editable_install_trains_sweeps_and_tabulates_outside_the_checkout(w
         f"run_dir={work / 'runs' / 'tiny'}", "logger=none")
     assert (work / "runs" / "tiny" / "run.log").exists()  # the job keeps its name under gigpo-train
     assert len((work / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()) >= 2
+    run(str(bin_dir / "gigpo-export"), str(work / "runs" / "tiny"), str(work / "export"))
+    assert (work / "export" / "config.json").exists() and (work / "export" / "gigpo_export.json").exists()
+    # The sweeper plugin ships in the wheel: Hydra finds hydra/sweeper=optuna_gigpo outside the checkout.
+    run(str(bin_dir / "gigpo-train"), "-m", "hydra/sweeper=optuna_gigpo", "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.budget=60", "hydra.sweeper.points=2", f"hydra.sweep.dir={work / 'hydra_sweep'}",
+        "env.groups=2", "env.val_episodes=4", "train.val_every=1", "train.mini_batch_size=32", "logger=none")
+    assert list((work / "hydra_sweep").rglob("metrics.jsonl"))
 
     run(str(bin_dir / "gigpo-sweep"), f"out={work / 'sweeps'}", "study=tiny", "n_trials=1", "env.groups=2",
         "env.val_episodes=4", "train.val_every=1", "train.mini_batch_size=32", "logger=none", "budget=60",
