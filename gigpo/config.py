@@ -70,7 +70,7 @@ class EnvConfig:
     """Keys shared by every environment: batch shape, prompting and the worker pool."""
 
     name: str = MISSING
-    """Registered environment: sokoban, alfworld or webshop."""
+    """Registered environment: sokoban, alfworld, webshop or gridnav."""
     groups: int = 8
     """B: task groups per iteration (each rolled out group_size times)."""
     max_steps: int = 10
@@ -120,9 +120,13 @@ class SokobanConfig(EnvConfig):
     min_solution_steps: Optional[int] = None
     """Rooms solvable in fewer moves are regenerated; None: the preset's."""
     reward_step: float = -0.1
+    """Reward of every step (a small cost for taking it)."""
     reward_box_on: float = 1.0
+    """Reward for pushing a box onto a target."""
     reward_box_off: float = -1.0
+    """Reward for pushing a box off a target."""
     reward_finish: float = 10.0
+    """Reward for solving the room (every box on a target)."""
 
 
 @dataclass
@@ -189,14 +193,19 @@ class ModelConfig:
     path: Optional[str] = None
     """Local checkpoint folder for name=hf (e.g. Qwen2.5-1.5B-Instruct)."""
     hidden_size: int = 64
+    """Tiny model: hidden width."""
     layers: int = 2
+    """Tiny model: transformer layers."""
     heads: int = 4
+    """Tiny model: attention heads (must divide hidden_size)."""
     intermediate_size: int = 128
+    """Tiny model: MLP width."""
     vocab_size: int = 512
     """Target size of the BPE tokenizer trained on environment text (tiny model)."""
     max_prompt_tokens: int = 512
     """Prompts are cut from the left beyond this."""
     max_response_tokens: int = 16
+    """Response tokens sampled per step at most; a longer answer is cut (counted in response/truncated_share)."""
     temperature: float = 1.0
     """Rollout sampling temperature."""
     top_k: int = 0
@@ -213,29 +222,39 @@ class ModelConfig:
     dtype: str = "float32"
     """float32 or bfloat16."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, more time)."""
     lora_rank: int = 0
     """LoRA rank through peft; 0 trains all weights."""
     lora_alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_rank)."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
 
 
 @dataclass
 class TrainConfig:
     iterations: int = 450
+    """Training iterations (each: rollout, advantages, PPO update)."""
     max_env_steps: int = 0
     """Stop once this many env steps were collected (a fair budget across group sizes); 0: no cap."""
     seed: int = 0
+    """Seeds python, numpy and torch (sampling, the tiny model's init); the episodes an iteration plays depend on the iteration only."""
     lr: float = 1e-3
+    """AdamW learning rate (constant)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     ppo_epochs: int = 1
+    """Passes over each iteration's batch."""
     mini_batch_size: int = 128
     """Samples (env steps) per optimizer step."""
     micro_batch_size: int = 64
     """Samples per forward pass (gradient accumulation inside a mini-batch)."""
     grad_clip: float = 1.0
+    """Gradient norm clip per optimizer step."""
     val_every: int = 10
     """Validate every K iterations (and at 0 and at the end)."""
     checkpoint_every: int = 10
+    """Write checkpoints/last.pt every K iterations (and at the end)."""
     resume: bool = True
     """Continue from the run directory's last checkpoint when one exists (refused if the saved
     config differs in a key that changes training; see gigpo.tracking.RESUME_ALLOWED)."""
@@ -243,9 +262,11 @@ class TrainConfig:
     """With resume=false, delete a run already in the run directory and start over; without it
     such a folder is refused, so its metrics are never wiped silently."""
     device: str = "cpu"
+    """Torch device of the policy: cpu or cuda."""
     strategy: str = "single"
     """"single" process, or "deepspeed" (ZeRO, launched with deepspeed/torchrun)."""
     zero_stage: int = 2
+    """DeepSpeed ZeRO stage (2, or 3 on one rank) with train.strategy=deepspeed."""
     offload: bool = False
     """DeepSpeed optimizer/parameter offload to CPU."""
     threads: int = 1
@@ -260,7 +281,9 @@ class LoggerConfig:
     mode: str = "offline"
     """W&B mode: online, offline or disabled. Online falls back to offline without an API key."""
     project: str = "gigpo"
+    """W&B project."""
     entity: Optional[str] = None
+    """W&B entity (user or team); None: the default of the logged-in account."""
     group: Optional[str] = None
     """W&B group; None: experiment_name."""
     val_table_rows: int = 16
@@ -277,6 +300,7 @@ class RolloutConfig:
     name: str = "hf"
     """"hf" (transformers generate) or "vllm"."""
     gpu_memory_utilization: float = 0.4
+    """Share of GPU memory vLLM may take for weights and KV cache."""
     sleep: bool = False
     """vLLM sleep mode: level-2 sleep during the update (frees weights and KV cache); weights pushed on wake."""
 

@@ -212,8 +212,9 @@ class EpisodeProgress:
 
 # ---- --help -----------------------------------------------------------------------------------
 
-# Groups of conf/ that run.py does not compose: conf/sweep is read by sweeps/ only.
-NOT_RUN_GROUPS = {"sweep": "search spaces for `python -m sweeps.run sweep=NAME` (not a run.py group)"}
+# Groups of conf/ that run.py does not compose: conf/sweep holds the search spaces of both sweep entry points.
+NOT_RUN_GROUPS = {"sweep": "search spaces for `python -m sweeps.run sweep=NAME` and "
+                  "`-m hydra/sweeper=optuna_gigpo hydra/sweeper/search_space=NAME`"}
 
 
 def field_docs(cls) -> dict[str, str]:

@@ -27,7 +27,7 @@ class ScriptedRunner:
         self.script = script
         self.calls: list[list[int]] = []
 
-    def run(self, seeds, group_size, act):
+    def run(self, seeds, group_size, act, on_episodes_end=None):
         self.calls.append(list(seeds))
         records = []
         for g, seed in enumerate(seeds):
