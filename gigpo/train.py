@@ -372,6 +372,7 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
         val_records = []
         final_val = on_main(lambda: validate(cfg, val_runner, policy, tokenizer, generate_fn, val_records))
         if not main_rank:
+            ds.shutdown()
             return float(final_val.get("val/success", 0.0))
         last = metrics_log.last_iteration() + 1
         metrics_log.write({"iter": last, "env_steps": env_steps, "final": True,
@@ -390,6 +391,8 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
     atomic_write_text(run_dir / "summary.json", json.dumps({**summary, **final_val}, indent=2, sort_keys=True))
     metrics_log.close(summary)
     console.announce(console.end_line(run_dir, final_val, last, env_steps))
+    if ds_engine is not None:
+        ds.shutdown()
     return float(summary["final/val_success"])
 
 

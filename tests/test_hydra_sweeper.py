@@ -3,6 +3,7 @@ trials on a real Optuna journal, through the basic launcher (in-process) and job
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -78,6 +79,8 @@ def test_basic_launcher_prunes_records_the_wandb_run_id_and_a_rerun_tops_up(tmp_
     assert len(load(tmp_path).trials) == 3  # finished: nothing to run
 
 
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
+                    reason="hydra-joblib-launcher not installed (pip install -c constraints.txt -e '.[sweep]')")
 def test_joblib_launcher_runs_a_batch_in_parallel_processes_with_seeds(tmp_path):
     result = multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
                       "hydra.sweeper.n_trials=2", "hydra.sweeper.seeds=2", "hydra.sweeper.pruner=none",

@@ -95,6 +95,15 @@ def wrap(cfg, policy: torch.nn.Module):
     return engine
 
 
+def shutdown() -> None:
+    """Every rank, last thing: a barrier, then the process group torn down. Exiting with gloo's
+    threads still running can abort a rank at interpreter exit ("terminate called without an active
+    exception"), failing a run whose work was done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def from_rank0(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and hand its (picklable) result to every rank."""
     box = [fn() if rank() == 0 else None]

@@ -70,6 +70,7 @@ def main() -> None:
     params = ds.full_state_dict(engine)
     if ds.rank() == 0:
         torch.save({"metrics": metrics, "params": params, "world_size": ds.world_size()}, args.out)
+    ds.shutdown()
 
 
 if __name__ == "__main__":

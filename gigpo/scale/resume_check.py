@@ -52,10 +52,12 @@ def main() -> None:
         metrics[iteration] = ds.update(cfg, engine, reference, batch, advantages, iteration)
         if iteration + 1 == args.stop_after:
             ds.save_checkpoint(run_dir, iteration + 1, engine, {})
+            ds.shutdown()
             return
     weights = ds.full_module_state(engine)
     torch.save({"metrics": metrics, "weights": weights, "moments": adam_moments(engine),
                 "world_size": ds.world_size()}, f"{args.out}.rank{ds.rank()}.pt")
+    ds.shutdown()
 
 
 if __name__ == "__main__":
