@@ -6,11 +6,15 @@ The shared data folder holds ``train.tar.xz``, ``valid_seen.tar.xz``, ... each u
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tarfile
 import tempfile
+import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 GAMES_FOLDER = "json_2.1.1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +46,9 @@ def _unpack(archive: Path, cache: Path) -> None:
         return
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".unpack-{split}-", dir=cache))
+    # The first ALFWorld run of a machine spends minutes here, before any episode: say so.
+    log.info("ALFWorld data: unpacking %s into %s (once per machine; the train split takes minutes)", archive, final)
+    start = time.perf_counter()
     try:
         try:
             with tarfile.open(archive) as tar:
@@ -54,6 +61,7 @@ def _unpack(archive: Path, cache: Path) -> None:
         except OSError:
             if not final.exists():
                 raise
+        log.info("ALFWorld data: %s unpacked in %.0f s", split, time.perf_counter() - start)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
