@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 def write_results(study: optuna.Study, study_dir: Path, options=None) -> dict:
     """Write best.json, trials.csv and plots; returns the best.json content."""
+    from gigpo.console import silence_third_party
+
+    silence_third_party()  # matplotlib's INFO chatter while plotting (categorical axes)
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

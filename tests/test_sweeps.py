@@ -180,3 +180,25 @@ def test_killed_sweep_resumes_without_repeating_finished_trials(tmp_path):
     assert best["trials"]["complete"] == 3 and best["params"] is not None
     for name in ("history", "slice", "contour"):
         assert (study_dir / f"{name}.png").stat().st_size > 0
+
+
+def test_writing_results_keeps_matplotlib_quiet(tmp_path, caplog):
+    """Plotting a categorical parameter (N) made matplotlib log INFO lines into every sweep's output."""
+    import logging
+
+    from gigpo.sweeps.results import write_results
+
+    for name in ("matplotlib", "matplotlib.category"):
+        logging.getLogger(name).setLevel(logging.NOTSET)  # as in a fresh process
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for n, w, value in [(2, 0.1, 0.2), (8, 1.0, 0.5), (16, 0.7, 0.4), (4, 1.2, 0.3)]:
+        study.enqueue_trial({"algo.group_size": n, "algo.step_weight": w})
+        trial = study.ask()
+        trial.suggest_categorical("algo.group_size", [2, 4, 8, 16])
+        trial.suggest_float("algo.step_weight", 0.0, 1.5)
+        study.tell(trial, value)
+    with caplog.at_level(logging.INFO):
+        write_results(study, tmp_path)
+    assert list(tmp_path.glob("*.png"))
+    noise = [r.getMessage() for r in caplog.records if r.name.startswith("matplotlib")]
+    assert not noise, noise[:3]
