@@ -1,8 +1,9 @@
 """Export a run's policy as a plain transformers checkpoint: ``python -m gigpo.export RUN_DIR OUT_DIR``.
 
 OUT_DIR gets, from the weights of ``RUN_DIR/checkpoints/last.pt``:
-- ``config.json`` + ``model.safetensors`` (``save_pretrained``), LoRA merged into the base weights
-  (peft's ``merge_and_unload``), so ``AutoModelForCausalLM.from_pretrained`` loads it without peft;
+- ``config.json`` + ``model.safetensors`` (``save_pretrained``), LoRA folded into the base weights
+  (``vllm_rollout.merged_weights``, the fold the vLLM weight sync uses), so
+  ``AutoModelForCausalLM.from_pretrained`` loads it without peft;
 - the tokenizer the policy was trained with (tiny model: the run's own, ``RUN_DIR/tokenizer``;
   ``model=hf``: the source checkpoint's, from ``model.path``, which must still exist);
 - ``generation_config.json`` with the token ids only (eos/pad/bos): the policy's sampling settings
@@ -77,9 +78,8 @@ def export(run_dir: Path, out_dir: Path) -> dict:
         raise FileExistsError(f"{out_dir} already exists and is not an empty folder: choose another OUT_DIR")
     policy, tokenizer, state, config = load_policy(run_dir)
     lora = config["model"]["lora_rank"] > 0
-    model = policy.merge_and_unload() if lora else policy  # W + s * B A, plain transformers modules again
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                               bos_token_id=model.config.bos_token_id)
+    generation = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                  bos_token_id=policy.config.bos_token_id)
     provenance = {}
     if (run_dir / PROVENANCE).exists():
         provenance = json.loads((run_dir / PROVENANCE).read_text())
@@ -93,8 +93,7 @@ def export(run_dir: Path, out_dir: Path) -> dict:
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_merged(policy, tokenizer, tmp, generation)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
@@ -103,6 +102,18 @@ def export(run_dir: Path, out_dir: Path) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def save_merged(policy, tokenizer, path, generation_config=None) -> None:
+    """Save ``policy`` with LoRA folded in (W + s * B A; the policy itself untouched) and ``tokenizer`` as
+    a plain transformers checkpoint: what ``export`` writes and what ``rollout=vllm`` loads at start."""
+    from gigpo.scale.vllm_rollout import merged_weights
+
+    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    if generation_config is not None:
+        base.generation_config = generation_config
+    base.save_pretrained(path, state_dict={name: t.to("cpu", copy=True) for name, t in merged_weights(policy)})
+    tokenizer.save_pretrained(path)
 
 
 def main(argv: list[str] | None = None) -> None:

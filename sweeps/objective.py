@@ -24,7 +24,7 @@ import optuna
 from omegaconf import DictConfig, open_dict
 
 # Re-exported: the search-space format lives in sweeps.spaces (importable without optuna).
-from gigpo.sweeps.spaces import CONF_DIR, SPACE_DIR, SearchSpace, load_space  # noqa: E402,F401
+from gigpo.sweeps.spaces import SearchSpace, load_space  # noqa: E402,F401
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:

@@ -52,8 +52,8 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from gigpo.sweeps.objective import Objective, SearchSpace, compose, load_space, open_storage, trial_overrides
-from gigpo.sweeps.spaces import first_point
+from gigpo.sweeps.objective import Objective, compose, open_storage, trial_overrides
+from gigpo.sweeps.spaces import SearchSpace, first_point, load_space
 
 log = logging.getLogger("sweeps")
 

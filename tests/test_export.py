@@ -141,7 +141,7 @@ def test_export_of_a_lora_run_on_an_hf_checkpoint_merges_the_adapter(tmp_path):
     base = load_file(source / "model.safetensors")
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(exported[name], base[name])  # the adapter trained and is folded in
-    for key, weight in merged_weights(policy):  # the vLLM sync's merge agrees with peft's
+    for key, weight in merged_weights(policy):  # the file holds the vLLM weight sync's fold exactly
         torch.testing.assert_close(exported[key], weight, rtol=1e-6, atol=1e-6)
     assert json.loads((out_dir / "gigpo_export.json").read_text())["lora_merged"] is True
     assert (json.loads((out_dir / "tokenizer_config.json").read_text())["eos_token"]

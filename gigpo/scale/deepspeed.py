@@ -165,16 +165,6 @@ def update(cfg, engine, reference, batch, advantages: np.ndarray, iteration: int
     return {f"loss/{name}": value / max(len(minis), 1) for name, value in totals.items()}
 
 
-def full_state_dict(engine) -> dict[str, torch.Tensor]:
-    """The full (unpartitioned) weights on every rank; collective under ZeRO-3."""
-    if engine.zero_optimization_stage() == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
-            return {n: p.detach().clone() for n, p in engine.module.named_parameters()}
-    return {n: p.detach().clone() for n, p in engine.module.named_parameters()}
-
-
 # ---- checkpoint and resume ---------------------------------------------------------------------
 
 CHECKPOINT_DIR = "checkpoints/deepspeed"

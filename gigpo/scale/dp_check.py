@@ -67,7 +67,7 @@ def main() -> None:
 
     engine = ds.wrap(cfg, policy)
     metrics = ds.update(cfg, engine, reference, batch, advantages, iteration=0)
-    params = ds.full_state_dict(engine)
+    params = ds.full_module_state(engine)  # whole weights on rank 0
     if ds.rank() == 0:
         torch.save({"metrics": metrics, "params": params, "world_size": ds.world_size()}, args.out)
     ds.shutdown()

@@ -118,7 +118,9 @@ class VLLMRollout:
         else:  # tiny random init, or LoRA: start from the policy's own weights
             self._export_dir = tempfile.TemporaryDirectory(prefix="gigpo_vllm_")
             path = self._export_dir.name
-            _export(policy, tokenizer, path)
+            from gigpo.export import save_merged
+
+            save_merged(policy, tokenizer, path)
         self.sleep_mode = bool(cfg.rollout.sleep)
         self.llm = vllm.LLM(model=path, tokenizer=path, dtype=cfg.model.dtype, seed=cfg.train.seed,
                             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
@@ -191,11 +193,3 @@ class VLLMRollout:
             text = tokenizer.decode([t for t in response if t != eos], skip_special_tokens=False)
             samples.append(VLLMSample(list(ids), response, text, None, logprobs))
         return samples
-
-
-def _export(policy, tokenizer, path: str) -> None:
-    """Save the policy (LoRA folded in) and tokenizer as a plain transformers checkpoint for vLLM."""
-    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-    state = {name: tensor.to("cpu", copy=True) for name, tensor in merged_weights(policy)}
-    base.save_pretrained(path, state_dict=state)
-    tokenizer.save_pretrained(path)
