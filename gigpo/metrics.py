@@ -80,7 +80,9 @@ def zero_variance_share(reward: np.ndarray, group_id: np.ndarray, traj_id: np.nd
     groups = np.unique(traj_group)
     # A tolerance: the same rewards summed in another order may differ in the last bit.
     flat = [np.ptp(returns[traj_group == g]) <= 1e-9 for g in groups]
-    return float(np.mean(flat)) if len(groups) else 0.0
+    if not flat:
+        raise ValueError("zero_variance_share: no episode groups (an empty rollout has no share)")
+    return float(np.mean(flat))
 
 
 def batch_metrics(batch, eos_id: int, max_prompt_tokens: int) -> dict[str, float]:

@@ -361,6 +361,21 @@ def test_every_run_records_its_provenance(tmp_path):
     assert record["config_sha256"].encode() in offline.read_bytes()
 
 
+def test_provenance_names_torchs_own_build_when_its_metadata_omits_it(monkeypatch):
+    """PyPI's CUDA wheel says "2.13.0" in its distribution metadata and "2.13.0+cu130" itself (seen on
+    Python 3.12/3.13 here); the build changes the numbers, so the record takes torch's own word."""
+    from importlib import metadata
+
+    from gigpo import tracking
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "2.13.0" if name == "torch" else real(name))
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cu130")
+    versions = tracking.package_versions()
+    assert versions["torch"] == "2.13.0+cu130"
+    assert "torch_cuda" in versions and versions["torch_cuda"] == torch.version.cuda
+
+
 # ---- 10. peak memory is per run ----
 
 def test_peak_memory_is_measured_per_run():
