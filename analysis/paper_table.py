@@ -12,7 +12,8 @@ demonstration: ``--envs sokoban,webshop``); a block of an env other than ALFWorl
 (if any) and All.
 
 The paper's own numbers come from ``REFERENCE`` (``analysis/paper_table1.csv``), transcribed once
-with the source named in its header; its rows are shown as sections labelled "paper". Rows whose
+with the source of each row named (header comments, ``source`` column); its rows are shown as
+sections labelled "paper", a cell it leaves empty as "-". Rows whose
 method the harness does not run carry a note (``NOT_REPRODUCED``).
 """
 
@@ -123,7 +124,9 @@ def paper_table(frame: pd.DataFrame, envs: tuple[str, str] = ("alfworld", "websh
                          "note": NOT_REPRODUCED.get(values["method"], ""),
                          **{k: v for k, v in values.items() if k != "method"}})
     table = pd.DataFrame(rows)
-    if reference is not None and Path(reference).is_file():
+    # The paper's rows sit only under the paper's own blocks: beside Sokoban (the CPU demonstration)
+    # its ALFWorld numbers would read as Sokoban ones.
+    if reference is not None and Path(reference).is_file() and envs[0] == "alfworld":
         table = pd.concat([table, read_reference(reference)], ignore_index=True)
     columns = ["section", "group", "method", "note"]
     for env in envs:
@@ -134,17 +137,26 @@ def paper_table(frame: pd.DataFrame, envs: tuple[str, str] = ("alfworld", "websh
     return table.reindex(columns=columns)
 
 
+REFERENCE_NOTE = ("Rows labelled (paper): the paper's Table 1 values as quoted by the secondary sources that "
+                  "analysis/paper_table1.csv names per row; '-' there means not transcribed.")
+
+
 def read_reference(path: Path) -> pd.DataFrame:
-    """The paper's numbers: one row per (model, method) with ``<Block> <column>`` values; the section is
-    "<model> (paper)". Comment lines (#) name the source."""
+    """The paper's numbers: one row per (model, method) with ``<Block> <column>`` values and optional
+    ``<Block> <column> std`` beside them; the section is "<model> (paper)". Comment lines (#) and the
+    ``source`` column name where each value was read."""
     ref = pd.read_csv(path, comment="#")
     if ref.empty:
         return pd.DataFrame()
     out = pd.DataFrame({"section": ref["model"] + " (paper)", "group": [_group(m) for m in ref["method"]],
-                        "method": ref["method"], "note": ""})
+                        "method": ref["method"], "note": REFERENCE_NOTE})
+    unknown = sorted(set(ref["method"]) - {label for _, label in ROWS})
+    if unknown:
+        raise ValueError(f"{path}: unknown method(s) {unknown}; known: {[label for _, label in ROWS]}")
     for column in ref.columns:
-        if column not in ("model", "method"):
-            out[f"{column} mean"] = ref[column]
+        if column in ("model", "method", "source"):
+            continue
+        out[column if column.endswith(" std") else f"{column} mean"] = ref[column]
     return out
 
 

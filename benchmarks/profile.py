@@ -27,7 +27,7 @@ PHASES = [
     ("tokenisation (prompts, tries)", 2, lambda f, n: "tokenization_utils" in f and n == "__call__"),
     ("constrained bookkeeping (trie)", 2, lambda f, n: f.endswith("gigpo/policy/model.py") and n in ("allowed", "of")),
     ("env step/reset", 1, lambda f, n: f.endswith("gigpo/runner.py") and n == "handle"),
-    ("prompt rendering", 1, lambda f, n: "gigpo/envs/" in f and n == "render_prompt"),
+    ("prompt rendering", 1, lambda f, n: f.endswith("gigpo/envs/prompts.py") and n == "render_view"),
     ("advantages", 0, lambda f, n: f.endswith("gigpo/train.py") and n == "compute_step_advantages"),
     ("update", 0, lambda f, n: f.endswith("gigpo/ppo.py") and n == "update"),
     ("old/ref scoring (no grad)", 1, lambda f, n: f.endswith("gigpo/ppo.py") and n == "record_old"),
@@ -59,7 +59,7 @@ def profile(iterations: int, overrides: list[str]) -> None:
 
     def iteration(i: int) -> int:
         policy.eval()
-        batch, _ = collect(cfg, runner, policy, tokenizer, i)
+        batch, _, _ = collect(cfg, runner, policy, tokenizer, i)
         advantages, _ = compute_step_advantages(cfg, batch)
         update(cfg, policy, reference, optimizer, batch, advantages, i)
         return len(batch.records)

@@ -16,7 +16,7 @@ import numpy as np
 
 from gigpo.config import EnvConfig, ModelConfig, env_options
 from gigpo.console import EpisodeProgress
-from gigpo.envs import env_module, make, prompt_renderer, render_prompt
+from gigpo.envs import env_module, make, prompt_renderer
 from gigpo.envs.prompts import View, play_episode
 from gigpo.policy.model import Sample, as_chat, generate
 from gigpo.runner import GroupRunner, StepRecord
@@ -135,10 +135,11 @@ def env_corpus(env_cfg: EnvConfig, episodes: int = 16, max_prompts: int = 200, s
     texts, prompts = [], 0
     actions: list[str] = []
     choose = lambda t, view: rng.choice(actions) if actions else None  # noqa: E731 -- the actions just listed
+    render = prompt_renderer(env_cfg)
     try:
         for episode in range(episodes):
             for view, _ in play_episode(env, episode, env_cfg.history_len, env_cfg.max_steps, choose):
-                texts.append(render_prompt(env_cfg, view))
+                texts.append(render(view))
                 prompts += 1
                 if prompts >= max_prompts:
                     return texts

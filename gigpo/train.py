@@ -120,8 +120,10 @@ def check_finite(what: str, values) -> None:
 
 
 def collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: int,
-            generate_fn=generate) -> tuple[Rollout, int]:
+            generate_fn=generate) -> tuple[Rollout, int, dict | None]:
     """Roll out cfg.env.groups groups; with dynamic sampling, drop groups without signal and roll out more.
+    Returns (batch, dropped groups, the estimator's ``advantage_parts`` of exactly ``batch``, or None
+    when they were not computed: without dynamic sampling the caller computes them).
 
     Seeds: without dynamic sampling iteration i plays seeds i * groups + g. With it, iteration i owns
     the block of groups * (1 + max_resample) seeds from i * groups * (1 + max_resample): the first
@@ -131,13 +133,16 @@ def collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: 
 
     A group carries signal when the estimator, as ``compute_step_advantages`` runs it (invalid-action
     penalty included), gives some row of it a nonzero episode part or a nonzero weighted step part;
-    a group whose returns tie but whose penalties differ is therefore kept.
+    a group whose returns tie but whose penalties differ is therefore kept. Every estimator is local
+    to its episode group (its means, stds, anchors and graph never cross groups), so each round runs
+    it once over the kept groups and the new ones together, and when every group of that union
+    carries signal its parts are the batch's parts: the update does not run the estimator again.
     """
     act = lambda clock: make_act(policy, tokenizer, cfg.env, cfg.model, cfg.model.temperature, clock,  # noqa: E731
                                          generate_fn)
     groups, group_size = cfg.env.groups, cfg.algo.group_size
     if not cfg.algo.dynamic_sampling:
-        return rollout(runner, act, [iteration * groups + g for g in range(groups)], group_size), 0
+        return rollout(runner, act, [iteration * groups + g for g in range(groups)], group_size), 0, None
     next_seed = iteration * groups * (1 + cfg.algo.max_resample)
     kept: list = []
     dropped, next_group, missing = 0, 0, groups
@@ -151,19 +156,29 @@ def collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: 
             r.group_id += next_group
             r.traj_id += next_group * group_size
         next_group += missing
-        result = Rollout(result.records)
-        signal = groups_with_signal(cfg, result)
-        dropped += len(set(result.group_id.tolist())) - len(signal)
-        kept += [r for r in result.records if r.group_id in signal]
+        union = Rollout(kept + result.records)
+        parts = _advantage_parts(cfg, union)
+        signal = _signal_groups(cfg, union, parts)
+        dropped += len({r.group_id for r in result.records} - signal)  # ids as renumbered above
+        if len(signal) == len(set(union.group_id.tolist())):
+            kept = union.records
+        else:  # the union's parts include dropped groups: the kept rows' parts are computed anew below
+            kept, parts = [r for r in union.records if r.group_id in signal], None
         missing = groups - len({r.group_id for r in kept})
         if missing <= 0:
             break
-    return Rollout(kept or result.records, **clock), dropped
+    if not kept:  # no group had signal in any round: train on the last round, as GRPO would
+        kept, parts = result.records, _advantage_parts(cfg, Rollout(result.records))
+    batch = Rollout(kept, **clock)
+    return batch, dropped, parts if parts is not None else _advantage_parts(cfg, batch)
 
 
 def groups_with_signal(cfg: DictConfig, batch: Rollout) -> set[int]:
     """Ids of the groups in which the estimator gives some row a nonzero advantage part."""
-    parts = _advantage_parts(cfg, batch)
+    return _signal_groups(cfg, batch, _advantage_parts(cfg, batch))
+
+
+def _signal_groups(cfg: DictConfig, batch: Rollout, parts: dict) -> set[int]:
     signal = (parts["episode"] != 0) | (cfg.algo.step_weight * parts["step"] != 0)
     return set(batch.group_id[signal].tolist())
 
@@ -203,12 +218,13 @@ def compute_step_advantages(cfg: DictConfig, batch: Rollout, parts: dict | None 
 
 def checked_collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: int, generate_fn):
     """``collect``, then every episode asked for counted (failed ones as failures) and a rollout
-    whose every episode failed stopped: (batch, dropped groups, episode summary, worker restarts)."""
-    batch, dropped = collect(cfg, runner, policy, tokenizer, iteration, generate_fn)
+    whose every episode failed stopped: (batch, dropped groups, the estimator's parts of the batch or
+    None (``collect``), episode summary, worker restarts)."""
+    batch, dropped, parts = collect(cfg, runner, policy, tokenizer, iteration, generate_fn)
     stats = runner.take_stats()
     summary = episode_summary(batch.records, stats["failures"])
     check_not_all_failed(f"training iteration {iteration}", cfg, summary, stats["failures"])
-    return batch, dropped, summary, float(stats["worker_restarts"])
+    return batch, dropped, parts, summary, float(stats["worker_restarts"])
 
 
 def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | None = None) -> float:
@@ -303,7 +319,7 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
 
             # ---- rollout: B groups x N trajectories, one sample per env step
             policy.eval()
-            batch, dropped, summary, train_restarts = on_main(
+            batch, dropped, parts, summary, train_restarts = on_main(
                 lambda: checked_collect(cfg, train_runner, policy, tokenizer, iteration, generate_fn))
             restarts += train_restarts
             failed += summary["failed_episodes"]
@@ -316,7 +332,8 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
                 advantages, values, returns, adv_stats = ppo_advantages(cfg, critic, batch, critic.device)
                 check_finite("advantage", np.concatenate(advantages))
             else:
-                parts = _advantage_parts(cfg, batch)  # A_E, A_S and R_t also go to the dump and the W&B table
+                if parts is None:  # dynamic sampling already ran the estimator on this batch (collect)
+                    parts = _advantage_parts(cfg, batch)  # A_E, A_S and R_t also go to the dump and the W&B table
                 advantages, adv_stats = compute_step_advantages(cfg, batch, parts)
                 check_finite("advantage", advantages)
             advantage_s = time.perf_counter() - t0

@@ -99,7 +99,7 @@ def iteration(algo: str, round_: int, args, model) -> dict[str, float]:
         t0 = time.perf_counter()
         policy.eval()
         seed_everything(round_)  # both methods of a round draw the same samples
-        batch, _ = collect(cfg, runner, policy, tokenizer, iteration=round_)  # the same seeds for both methods
+        batch, _, _ = collect(cfg, runner, policy, tokenizer, iteration=round_)  # the same seeds for both methods
         sync()
         rollout_s = time.perf_counter() - t0
     finally:

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from gigpo.config import env_options, register_configs
 from gigpo.checks import ALFWORLD_MAX_PYTHON, check
-from gigpo.envs import ENVS, make, projection, render_prompt
+from gigpo.envs import ENVS, make, projection, prompt_renderer
 from gigpo.envs.alfworld import project_action as alfworld_projection
 from gigpo.envs.base import Step
 from gigpo.envs.prompts import View
@@ -65,7 +65,7 @@ def test_paper_prompt_asks_for_what_the_parser_accepts(experiment, tmp_path, mon
         for t in range(2):
             view = View(0, 0, 0, t, step.info["task"], step.observation, list(step.admissible),
                         history[-cfg.env.history_len:])
-            prompt = render_prompt(cfg.env, view)
+            prompt = prompt_renderer(cfg.env)(view)
             assert "<think> </think>" in prompt and "<action> </action>" in prompt
             admissible = [a for a in step.admissible if a != "help"]
             action = "search[a red mug]" if admissible[0] == "search[<your query>]" else admissible[0]

@@ -78,6 +78,28 @@ def test_paper_layout_latex_is_booktabs_and_reference_rows_are_labelled_paper(ru
     assert paper["ALFWorld All mean"].tolist() == [12.5] and paper["WebShop Succ. mean"].tolist() == [3.0]
 
 
+def test_committed_reference_rows_show_mean_and_std_and_leave_untranscribed_cells_empty(runs):
+    table = paper_table(runs_frame(load_runs(runs)))  # the committed analysis/paper_table1.csv
+    md = to_markdown(table)
+    assert "| **Qwen2.5-1.5B-Instruct (paper)** |" in md and "| **Qwen2.5-7B-Instruct (paper)** |" in md
+    small = md[md.index("Qwen2.5-1.5B-Instruct (paper)"):md.index("Qwen2.5-7B-Instruct (paper)")]
+    # Task types were not transcribed: "-"; All and WebShop success with their std; no seed count.
+    assert row(small, "RL training | GiGPO w/o std")[2:] == ["-"] * 6 + ["86.1 ± 4.7", "-", "-", "67.4 ± 4.5", "-"]
+    large = md[md.index("Qwen2.5-7B-Instruct (paper)"):]
+    assert row(large, "Prompting | Base model")[10:12] == ["26.4", "7.8"]
+    assert "as quoted by the secondary sources" in md
+    # Beside another env in ALFWorld's place (the CPU demonstration) the paper's rows are left out.
+    other = paper_table(runs_frame(load_runs(runs)), envs=("sokoban", "webshop"))
+    assert not other["section"].str.endswith("(paper)").any()
+
+
+def test_reference_with_an_unknown_method_is_refused_naming_it(runs, tmp_path):
+    reference = tmp_path / "reference.csv"
+    reference.write_text("model,method,ALFWorld All\nSome-Model,GiGPO w/o std,12.5\n")  # the paper's name, not ours
+    with pytest.raises(ValueError, match=r"reference.csv: unknown method\(s\) \['GiGPO w/o std'\]"):
+        paper_table(runs_frame(load_runs(runs)), reference=reference)
+
+
 def test_cli_writes_markdown_latex_and_csv(runs, tmp_path):
     out = tmp_path / "out"
     tables_main([str(runs), "--layout", "paper", "--out", str(out)])
@@ -93,7 +115,7 @@ def test_cpu_demonstration_fills_every_rl_and_prompting_row(tmp_path):
     tiny = ["env.max_steps=4", "env.val_episodes=2", "algo.group_size=2", "env.groups=1", "train.iterations=1",
             f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     for sweep in (["algo=ppo,rloo,grpo,gigpo_std,gigpo"], ["mode=eval", "env.prompt_style=plain,react"]):
-        out = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "+experiment=table1_cpu",
+        out = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "experiment=table1_cpu",
                               "env=sokoban_easy,webshop", *sweep, *tiny], cwd=ROOT, capture_output=True, text=True,
                              timeout=1800)
         assert out.returncode == 0, out.stderr[-3000:]
@@ -104,7 +126,8 @@ def test_cpu_demonstration_fills_every_rl_and_prompting_row(tmp_path):
                  "RL training | GRPO", "RL training | GiGPO w/ std", "RL training | GiGPO w/o std"]:
         cells = row(md, name)[2:]
         assert "-" not in cells, (name, cells)
-    assert len(table) == 8  # the paper's eight rows, one cell each
+    ours = table[~table["section"].str.endswith("(paper)")]
+    assert len(ours) == 8  # the paper's eight rows, one cell each
 
 
 def test_webshop_catalogs_never_share_a_block(runs):

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from gigpo.checks import check
 from gigpo.config import register_configs
-from gigpo.envs import render_prompt
+from gigpo.envs import prompt_renderer
 from gigpo.envs.prompts import View
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,8 +96,8 @@ def _view(step: int = 0):
 @pytest.mark.parametrize("k", [1, 2])
 def test_react_prompt_puts_k_solved_expert_episodes_before_the_plain_prompt(k):
     cfg = _env_cfg("webshop", k)
-    react = render_prompt(cfg, _view())
-    plain = render_prompt(OmegaConf.merge(cfg, {"prompt_style": "plain"}), _view())
+    react = prompt_renderer(cfg)(_view())
+    plain = prompt_renderer(OmegaConf.merge(cfg, {"prompt_style": "plain"}))(_view())
     assert react.endswith("\n\n" + plain)
     assert react.count("(task completed)") == k and f"Example {k}." in react and f"Example {k + 1}." not in react
     # Each example is the expert's episode: it searches first and buys last.
@@ -112,7 +112,7 @@ def test_react_examples_replay_the_sokoban_solver_and_win():
     task, pairs, last, won = expert_episode("sokoban", 0, easy=True, max_steps=8)
     assert won and 1 <= len(pairs) <= 8 and "√" in last
     cfg = _env_cfg("sokoban", 1, easy=True, max_steps=8, compact_prompt=True)
-    assert f"Answer: <action>{pairs[0][1]}</action>" in render_prompt(cfg, _view())
+    assert f"Answer: <action>{pairs[0][1]}</action>" in prompt_renderer(cfg)(_view())
 
 
 def test_react_is_refused_for_an_env_without_an_expert():
@@ -134,7 +134,7 @@ def test_react_examples_for_alfworld_are_walkthrough_episodes():
         alfworld_data_dir()
     except FileNotFoundError as error:
         pytest.skip(f"ALFWorld game data absent: {error}")
-    prompt = render_prompt(_env_cfg("alfworld", 1), _view())
+    prompt = prompt_renderer(_env_cfg("alfworld", 1))(_view())
     example = prompt.split("Example 1.")[1].split("Now your episode.")[0]
     assert example.count("Answer: <action>") >= 2 and "(task completed)" in example
     assert example.lstrip().startswith("Task: ")

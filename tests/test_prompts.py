@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from gigpo.envs import alfworld, sokoban
-from gigpo.envs.prompts import View, project_action, render
+from gigpo.envs.prompts import View, project_action, render, renderer
 
 ADMISSIBLE = ["go to desk 1", "take mug 1 from desk 1", "look"]
 
@@ -39,7 +39,7 @@ def test_render_fills_all_fields_and_numbers_history():
 def test_env_prompts_render_full_and_compact():
     view = View(0, 0, 0, 0, "a task", "#P#", ["up"], [])
     for module in (sokoban, alfworld):
-        full, compact = module.render_prompt(view, compact=False), module.render_prompt(view, compact=True)
+        full, compact = renderer(module.PROMPTS, compact=False)(view), renderer(module.PROMPTS, compact=True)(view)
         assert "#P#" in full and "#P#" in compact
         assert "<action>" in full and len(compact) < len(full)
 
@@ -103,13 +103,13 @@ def test_projection_by_name():
 def test_alfworld_prompt_first_then_history_structure():
     first = View(0, 0, 0, 0, "put a mug on the desk", "-= Welcome =-\nYou are in a room.\n\nYour task is to: x",
                  ["go to desk 1", "help", "look"], [])
-    text = alfworld.render_prompt(first, compact=False)
+    text = renderer(alfworld.PROMPTS, compact=False)(first)
     assert text == alfworld.PROMPT_FIRST.format(current_observation=first.observation,
                                                 admissible_actions="'go to desk 1'\n 'look'")
     assert "help" not in text and "Prior to this step" not in text
     later = View(0, 0, 0, 3, "put a mug on the desk", "You see a mug.", ["look", "help"],
                  [("obs two", "go to desk 1"), ("obs three", "take mug 1 from desk 1")])
-    text = alfworld.render_prompt(later, compact=False)
+    text = renderer(alfworld.PROMPTS, compact=False)(later)
     assert "Your task is to: put a mug on the desk\nPrior to this step, you have already taken 3 step(s)." in text
     assert ("[Observation 2: 'obs two', Action 2: 'go to desk 1']\n"
             "[Observation 3: 'obs three', Action 3: 'take mug 1 from desk 1']\n"
@@ -119,7 +119,7 @@ def test_alfworld_prompt_first_then_history_structure():
 
 
 def test_template_files_override_and_unknown_fields_fail(tmp_path):
-    from gigpo.envs import render_prompt as env_render_prompt
+    from gigpo.envs import prompt_renderer
     from types import SimpleNamespace
 
     first, later = tmp_path / "first.txt", tmp_path / "later.txt"
@@ -127,9 +127,9 @@ def test_template_files_override_and_unknown_fields_fail(tmp_path):
     later.write_text("{task_description}|{step_count}|{history_length}|{action_history}|{current_step}")
     cfg = SimpleNamespace(name="alfworld", compact_prompt=False, prompt_template=str(later),
                           prompt_template_first=str(first))
-    assert env_render_prompt(cfg, View(0, 0, 0, 0, "t", "o", ["look"], [])) == "NO HISTORY o ['look']"
+    assert prompt_renderer(cfg)(View(0, 0, 0, 0, "t", "o", ["look"], [])) == "NO HISTORY o ['look']"
     view = View(0, 0, 0, 1, "t", "o2", ["look"], [("o1", "look")])
-    assert env_render_prompt(cfg, view) == "t|1|1|[Observation 1: 'o1', Action 1: 'look']|2"
+    assert prompt_renderer(cfg)(view) == "t|1|1|[Observation 1: 'o1', Action 1: 'look']|2"
     bad = tmp_path / "bad.txt"
     bad.write_text("{task} {obsrvation}")
     with pytest.raises(ValueError, match="obsrvation"):
@@ -140,7 +140,7 @@ def test_compact_prompts_show_history():
     # issue 12 item 8: env.history_len reaches the tiny model's prompt (the last actions)
     view = View(0, 0, 0, 2, "t", "o", ["up"], [("o0", "up"), ("o1", "left")])
     for module in (sokoban, alfworld, webshop):
-        assert "up, left" in module.render_prompt(view, compact=True)
+        assert "up, left" in renderer(module.PROMPTS, compact=True)(view)
         assert prompts_module.template_fields(module.COMPACT_PROMPT) & prompts_module.HISTORY_FIELDS
 
 
@@ -149,11 +149,26 @@ def test_webshop_full_prompt_shows_pages_and_actions_as_the_paper_code():
     page = f"Instruction: [SEP] {task} [SEP] Back to Search [SEP] Page 1 (Total results: 2) [SEP] B0X [SEP] Red Mug"
     view = View(0, 0, 0, 1, task, page, ["click[back to search]", "click[b0x]"],
                 [(f"WebShop [SEP] Instruction: [SEP] {task} [SEP] Search", "search[red mug]")])
-    text = webshop.render_prompt(view, compact=False)
+    text = renderer(webshop.PROMPTS, compact=False)(view)
     assert ("current observation is: 'Back to Search' [SEP] 'Page 1 (Total results: 2)' [SEP] 'B0X' [SEP] "
             "'Red Mug'.") in text
     assert "[Observation 1: ''Search'', Action 1: 'search[red mug]']" in text
     assert "[\n'click[back to search]',\n'click[b0x]',\n]" in text
     assert f"Your task is to: {task}.\nPrior to this step, you have already taken 1 step(s)." in text
-    assert "Instruction:" not in webshop.render_prompt(replace(view, history=[], step=0), compact=False)
+    assert "Instruction:" not in renderer(webshop.PROMPTS, compact=False)(replace(view, history=[], step=0))
 
+
+
+def test_one_renderer_serves_every_env_and_a_first_template_reaches_compact_prompts_alike():
+    # Every env declares its prompts as data (PROMPTS) and renders through prompts.renderer; a user's
+    # first-step template replaces the compact prompt at step 0 in every env, WebShop included.
+    from gigpo.envs import ENVS, env_module
+
+    start = View(0, 0, 0, 0, "t", "obs", ["up"], [])
+    later = replace(start, step=1, history=[("obs0", "up")])
+    for name in ENVS:
+        module = env_module(name)
+        assert isinstance(module.PROMPTS, prompts_module.PromptSet) and not hasattr(module, "render_prompt"), name
+        render_view = renderer(module.PROMPTS, compact=True, template_first="FIRST {observation}")
+        assert render_view(start) == "FIRST obs", name
+        assert render_view(later) == render(module.PROMPTS.compact, later), name

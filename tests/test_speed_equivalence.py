@@ -333,7 +333,7 @@ def default_batch(run_dir, overrides: list[str]):
     runner = make_runner(cfg)
     try:
         policy.eval()
-        batch, _ = collect(cfg, runner, policy, tokenizer, 0)
+        batch, _, _ = collect(cfg, runner, policy, tokenizer, 0)
     finally:
         runner.close()
     advantages, _ = compute_step_advantages(cfg, batch)

@@ -10,7 +10,8 @@ import pytest
 
 from gigpo.envs import make
 from gigpo.envs.prompts import View
-from gigpo.envs.webshop import COMPACT_PROMPT, PROMPT, WebShopEnv, render_prompt
+from gigpo.envs.prompts import renderer
+from gigpo.envs.webshop import COMPACT_PROMPT, PROMPT, PROMPTS, WebShopEnv
 from gigpo.envs.webshop.catalog import ensure_catalog, generate
 from gigpo.envs.webshop.data import load_catalog, parse_price
 from gigpo.envs.webshop.expert import expert_action
@@ -201,7 +202,7 @@ def test_registry_and_prompt(cache_dir):
     view = View(env_index=0, group_id=0, traj_id=0, step=0, task=step.info["task"],
                 observation=step.observation, admissible=step.admissible)
     for compact in (False, True):
-        text = render_prompt(view, compact)
+        text = renderer(PROMPTS, compact)(view)
         assert step.info["task"] in text and "search[<your query>]" in text
     assert "<action>" in PROMPT and "<think>" in PROMPT and len(COMPACT_PROMPT) < 100
 

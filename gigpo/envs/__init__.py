@@ -5,13 +5,12 @@ Entries are imported lazily so that optional engines (alfworld) are needed only 
 
 from __future__ import annotations
 
-import functools
 import importlib
 from types import ModuleType
 from typing import Callable
 
 from gigpo.envs.base import Step, TextEnv
-from gigpo.envs.prompts import PROJECTIONS, View, load_template
+from gigpo.envs.prompts import PROJECTIONS, View, load_template, renderer
 from gigpo.envs.prompts import project_action as project_action_strict
 
 # name -> "module:Class". The module also holds the env's prompt template and action projection.
@@ -50,21 +49,16 @@ def projection(name: str, mode: str):
     return module.project_action
 
 
-def render_prompt(env_cfg, view: View) -> str:
-    """The policy's prompt for ``view`` under ``env_cfg`` (compact_prompt, prompt_template,
-    prompt_template_first): a template file replaces the env module's built-in templates at every
-    step, except at steps without history when a ``prompt_template_first`` file is given too."""
-    return prompt_renderer(env_cfg)(view)
-
-
 def prompt_renderer(env_cfg) -> Callable[[View], str]:
-    """``render_prompt`` with ``env_cfg`` read once: a rollout renders every env step's prompt, and
+    """The policy's prompt for a view under ``env_cfg``: the env module's ``PROMPTS`` (compact or full,
+    ``compact_prompt``), or template files (``prompt_template``, and ``prompt_template_first`` for steps
+    without history), with ``prompt_style=react`` the expert examples before each (see
+    ``prompts.renderer``). ``env_cfg`` is read once: a rollout renders every env step's prompt, and
     reading an OmegaConf config per view cost a tenth of an iteration."""
     module = env_module(env_cfg.name)
     template = load_template(env_cfg.prompt_template) if getattr(env_cfg, "prompt_template", None) else None
     first = load_template(env_cfg.prompt_template_first) if getattr(env_cfg, "prompt_template_first", None) else None
-    render = functools.partial(module.render_prompt, compact=bool(env_cfg.compact_prompt), template=template,
-                               template_first=first)
+    render = renderer(module.PROMPTS, bool(env_cfg.compact_prompt), template, first)
     if getattr(env_cfg, "prompt_style", "plain") != "react":
         return render
     from gigpo.config import env_options  # k expert example episodes before every prompt, built once
@@ -74,4 +68,4 @@ def prompt_renderer(env_cfg) -> Callable[[View], str]:
     return lambda view: examples + "\n\n" + render(view)
 
 
-__all__ = ["ENVS", "Step", "TextEnv", "env_module", "make", "projection", "prompt_renderer", "render_prompt"]
+__all__ = ["ENVS", "Step", "TextEnv", "env_module", "make", "projection", "prompt_renderer"]

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from gigpo.data import GAMES_FOLDER, alfworld_data_dir
 from gigpo.envs.base import Step
-from gigpo.envs.prompts import View, project_tagged, render_env
+from gigpo.envs.prompts import PromptSet, project_tagged
 
 # Env split name -> folder under json_2.1.1.
 SPLITS = {"train": "train", "eval_in_distribution": "valid_seen", "eval_out_of_distribution": "valid_unseen"}
@@ -227,11 +227,8 @@ class AlfWorldEnv:
             self._loaded = None
 
 
-def render_prompt(view: View, compact: bool, template: str | None = None, template_first: str | None = None) -> str:
-    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT_FIRST``
-    without history and ``PROMPT`` with it; ``template``/``template_first`` override them."""
-    return render_env(view, compact, template, template_first, PROMPT, PROMPT_FIRST, COMPACT_PROMPT)
-
+PROMPTS = PromptSet(full=PROMPT, compact=COMPACT_PROMPT, first=PROMPT_FIRST)
+"""The policy's prompts (``prompts.renderer`` chooses among them)."""
 
 def expert_policy(env: AlfWorldEnv, first: Step):
     """A known-good policy for ``env`` just reset: the game file's stored expert walkthrough, then

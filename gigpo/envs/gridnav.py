@@ -37,7 +37,7 @@ from collections import deque
 import numpy as np
 
 from gigpo.envs.base import Step
-from gigpo.envs.prompts import View, render_env
+from gigpo.envs.prompts import PromptSet
 
 ACTIONS: dict[str, tuple[int, int]] = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 
@@ -174,11 +174,8 @@ class GridNavEnv:
         """Nothing to release."""
 
 
-def render_prompt(view: View, compact: bool, template: str | None = None, template_first: str | None = None) -> str:
-    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT``;
-    ``template``/``template_first`` (user files) override them."""
-    return render_env(view, compact, template, template_first, PROMPT, None, COMPACT_PROMPT)
-
+PROMPTS = PromptSet(full=PROMPT, compact=COMPACT_PROMPT)
+"""The policy's prompts (``prompts.renderer`` chooses among them)."""
 
 def random_success(distance: int, episodes: int, size: int = 7, wall_density: float = 0.3, seed: int = 0,
                    max_steps: int | None = None, first_seed: int = 0) -> float:

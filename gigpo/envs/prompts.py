@@ -1,9 +1,11 @@
 """Prompt rendering and action projection shared by every environment.
 
 The policy answers in the paper's format ``<think>...</think><action>...</action>``. A prompt is
-a ``str.format`` template; each env module defines its own ``PROMPT`` (for instruct models),
-optionally a ``PROMPT_FIRST`` used while there is no history yet (step 0, or history_len 0),
-and ``COMPACT_PROMPT`` (short, for tiny models without a chat template). Fields (``FIELDS``):
+a ``str.format`` template; each env module declares its templates once as ``PROMPTS``, a
+``PromptSet``: ``PROMPT`` (for instruct models), optionally a ``PROMPT_FIRST`` used while there is
+no history yet (step 0, or history_len 0), and ``COMPACT_PROMPT`` (short, for tiny models without a
+chat template). ``renderer`` chooses among them (and user template files) once and returns the
+function that fills the chosen template for each view (``render``). Fields (``FIELDS``):
 
   task                 instruction text
   observation          current observation text
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -137,21 +140,38 @@ def render(template: str, view: View, admissible_format=format_admissible) -> st
     )
 
 
-def render_pair(view: View, template: str, template_first: str | None, admissible_format=format_admissible) -> str:
-    """``template_first`` while the view has no history (step 0, or history_len 0), else ``template``."""
-    chosen = template_first if template_first is not None and not view.history else template
-    return render(chosen, view, admissible_format)
+@dataclass(frozen=True)
+class PromptSet:
+    """An env's built-in prompts. ``full``: for instruct models; ``first``: in its place while the
+    view has no history (None: ``full`` throughout); ``compact``: for tiny models. ``paper_view`` and
+    ``admissible_format``: how full prompts and user templates show a view (WebShop's pages and
+    actions as the paper code writes them); the compact prompt shows the view as it is."""
+
+    full: str
+    compact: str
+    first: str | None = None
+    paper_view: Callable[[View], View] | None = None
+    admissible_format: Callable[[list[str]], str] = format_admissible
 
 
-def render_env(view: View, compact: bool, template: str | None, template_first: str | None,
-               prompt: str, prompt_first: str | None, compact_prompt: str, admissible_format=format_admissible) -> str:
-    """An env's prompt: user ``template``/``template_first`` (files) override the module's
-    ``prompt``/``prompt_first`` (instruct models) or ``compact_prompt`` (tiny models)."""
-    if template is None:
-        template = compact_prompt if compact else prompt
-        if template_first is None and not compact:
-            template_first = prompt_first
-    return render_pair(view, template, template_first, admissible_format)
+def renderer(prompts: PromptSet, compact: bool, template: str | None = None,
+             template_first: str | None = None) -> Callable[[View], str]:
+    """The function view -> prompt text, with the templates chosen once (a rollout renders every env
+    step's prompt). A user ``template`` replaces the env's prompt (compact or full) at every step,
+    except at steps without history when ``template_first`` is given; without a user ``template``,
+    ``template_first`` replaces the env's ``first`` (or comes before the compact prompt)."""
+    if template is None and compact:
+        later, first, shown, admissible_format = prompts.compact, template_first, None, format_admissible
+    else:
+        later = prompts.full if template is None else template
+        first = template_first if template_first is not None or template is not None else prompts.first
+        shown, admissible_format = prompts.paper_view, prompts.admissible_format
+
+    def render_view(view: View) -> str:
+        chosen = first if first is not None and not view.history else later
+        return render(chosen, shown(view) if shown is not None else view, admissible_format)
+
+    return render_view
 
 
 def template_fields(template: str) -> set[str]:

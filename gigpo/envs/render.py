@@ -8,7 +8,7 @@
 The episode is played by a known-good policy so later steps show realistic pages: ALFWorld's
 stored walkthrough (the game file's "walkthrough"), WebShop's scripted expert. ``--game N`` is
 the reset seed (ALFWorld train split: game ``order[N]``). The prompt is rendered exactly as
-training renders it (``gigpo.envs.render_prompt``, history of the last ``--history-len`` steps);
+training renders it (``gigpo.envs.prompt_renderer``, history of the last ``--history-len`` steps);
 ``--template``/``--template-first`` take the same files as ``env.prompt_template`` and
 ``env.prompt_template_first``.
 
@@ -22,7 +22,7 @@ import argparse
 from functools import lru_cache
 from types import SimpleNamespace
 
-from gigpo.envs import env_module, make, render_prompt
+from gigpo.envs import env_module, make, prompt_renderer
 from gigpo.envs.prompts import play_episode
 
 POLICIES = ("alfworld", "webshop")
@@ -84,13 +84,14 @@ def prompts_at(env_name: str, seed: int, steps: list[int], env_cfg, **env_option
     """{t: prompt at step t} for the episode of ``seed``, acting with the env's known-good policy."""
     env = make(env_name, **env_options)
     policy: list = []  # built from the first step (ALFWorld's walkthrough is in its game file)
+    render = prompt_renderer(env_cfg)
     try:
         out = {}
         for view, step in play_episode(env, seed, env_cfg.history_len, max(steps) + 1, lambda t, _: policy[0](t)):
             if not policy:
                 policy.append(env_module(env_name).expert_policy(env, step))
             if view.step in steps:
-                out[view.step] = render_prompt(env_cfg, view)
+                out[view.step] = render(view)
         return out
     finally:
         env.close()

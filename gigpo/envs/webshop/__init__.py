@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gigpo.envs.prompts import View, project_tagged, render_env
+from gigpo.envs.prompts import PromptSet, View, project_tagged
 from gigpo.envs.webshop.data import SPLITS
 from gigpo.envs.webshop.env import SEARCH_ACTION, SEP, WebShopEnv
 
@@ -79,18 +79,17 @@ def project_action(response: str, admissible: list[str]) -> tuple[str, bool]:
     return project_tagged(response, UNTAGGED_TAIL_CHARS)
 
 
-def render_prompt(view: View, compact: bool, template: str | None = None, template_first: str | None = None) -> str:
-    """The policy's prompt for ``view``: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT_FIRST``
-    without history and ``PROMPT`` with it; ``template``/``template_first`` override them. Full
-    prompts show pages (current and in the history) as ``paper_page`` and actions as
-    ``paper_admissible``, as the paper code does."""
-    if compact and template is None:
-        return render_env(view, compact, None, None, PROMPT, PROMPT_FIRST, COMPACT_PROMPT)
-    paper_view = replace(view, observation=paper_page(view.observation, view.task),
-                         history=[(paper_page(o, view.task), a) for o, a in view.history])
-    return render_env(paper_view, compact, template, template_first, PROMPT, PROMPT_FIRST, COMPACT_PROMPT,
-                      admissible_format=paper_admissible)
+def paper_view(view: View) -> View:
+    """The view as the paper code shows it: pages (current and in the history) as ``paper_page``."""
+    return replace(view, observation=paper_page(view.observation, view.task),
+                   history=[(paper_page(o, view.task), a) for o, a in view.history])
 
+
+PROMPTS = PromptSet(full=PROMPT, compact=COMPACT_PROMPT, first=PROMPT_FIRST, paper_view=paper_view,
+                    admissible_format=paper_admissible)
+"""The policy's prompts: ``COMPACT_PROMPT`` for tiny models, else ``PROMPT_FIRST`` without history
+and ``PROMPT`` with it; full prompts and user templates show pages as ``paper_page`` and actions as
+``paper_admissible``, as the paper code does."""
 
 def decodable_actions(view: View) -> list[str]:
     """Concrete actions for constrained decoding: a model that can only pick from a list cannot
@@ -101,7 +100,7 @@ def decodable_actions(view: View) -> list[str]:
 
 
 __all__ = ["COMPACT_PROMPT", "PROMPT", "PROMPT_FIRST", "WebShopEnv", "decodable_actions", "project_action",
-           "render_prompt"]
+           "PROMPTS"]
 
 
 def expert_policy(env: WebShopEnv, first):
