@@ -28,6 +28,7 @@ validation success over its own iteration-0 validation within the budget (mean o
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,24 @@ def acceptance(runs) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("distance")
 
 
+def provenance_lines(runs) -> list[str]:
+    """Where the runs came from, read off each run's ``provenance.json``: "N runs: commit C (clean|dirty),
+    CPU model, flags hash H" per distinct origin (the protocol asks for hosts of one kind)."""
+    origins: dict[str, int] = {}
+    for run in runs:
+        path = Path(run.source) / "provenance.json"
+        if not path.is_file():
+            origins["no provenance.json"] = origins.get("no provenance.json", 0) + 1
+            continue
+        record = json.loads(path.read_text())
+        git, host = record.get("git") or {}, record.get("host") or {}
+        state = "dirty" if git.get("dirty") else "clean"
+        key = (f"commit {str(git.get('commit'))[:7]} ({state}), {host.get('cpu_model')}, "
+               f"{host.get('cores')} cores, CPU flags sha256 {str(host.get('cpu_flags_sha256'))[:12]}")
+        origins[key] = origins.get(key, 0) + 1
+    return [f"- {n} runs: {key}" for key, n in sorted(origins.items(), key=lambda kv: -kv[1])]
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(prog="python -m analysis.credit", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
@@ -207,6 +226,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     report = "\n".join([
         "# Credit-assignment study: results", "",
         "Computed by `python -m analysis.credit` as pre-registered in PROTOCOL.md.", "", status, "",
+        "Origin of the runs (`provenance.json`):", "", *provenance_lines(runs), "",
         f"## Per setting and arm (primary metric: {METRIC}, normalised AUC of validation success)", "",
         plain_markdown(summary), "",
         "## Primary comparisons (AUC; Holm over all of them)", "",

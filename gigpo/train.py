@@ -244,14 +244,14 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
                          "nothing to do")
         return float(previous.complete["final/val_success"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads > 0:  # before the provenance, which records the threads the run computes with
+        torch.set_num_threads(cfg.train.threads)
     if writer:  # before the model loads and the envs start, which can take minutes
         resumed_at = previous.checkpoint["iteration"] if previous.checkpoint is not None else 0
         console.announce(console.start_line(cfg, run_dir, resumed_at))
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
         write_provenance(run_dir, cfg)
     reset_peak_memory()  # perf/peak_mem_mb is this run's peak, not the process's
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
 
     # ---- build: policy, optimizer, environments; resume from the last checkpoint if any
     seed_everything(cfg.train.seed)
@@ -555,9 +555,9 @@ def evaluate_as_loaded(cfg: DictConfig) -> dict[str, float]:
     console.announce(f"evaluating the model as loaded ({cfg.model.name}{', ' + cfg.model.path if cfg.model.path else ''}"
                      f") | env {cfg.env.name} | {len(validation_seeds(cfg.env, evaluate=True))} episodes")
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    write_provenance(run_dir, cfg)
-    if cfg.train.threads > 0:
+    if cfg.train.threads > 0:  # before the provenance, which records the threads the run computes with
         torch.set_num_threads(cfg.train.threads)
+    write_provenance(run_dir, cfg)
     seed_everything(cfg.train.seed)
     policy, _, tokenizer = build_policy(cfg, run_dir)
     limit = cfg.model.max_prompt_tokens

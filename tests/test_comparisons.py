@@ -158,3 +158,16 @@ def test_testbed_acceptance_recomputes_from_the_committed_pilots(tmp_path):
     assert set(primary["vs"]) == {"GRPO (mean)"} and (primary["also differ in"] == "-").all()
     assert "PARTIAL" in (tmp_path / "partial" / "RESULTS.md").read_text()
     assert len(list((tmp_path / "partial" / "runs").iterdir())) == 18
+
+
+def test_the_committed_credit_study_recomputes_from_its_raw_logs(tmp_path):
+    """RESULTS.md is what `python -m analysis.credit` computes from the committed raw logs, and it
+    names where every run came from (one commit, clean, one kind of host)."""
+    from gigpo.analysis.credit import main as credit_main
+
+    study = PILOTS.parents[1]
+    credit_main([str(study / "runs"), "--out", str(tmp_path)])
+    result = (tmp_path / "RESULTS.md").read_text()
+    assert result == (study / "RESULTS.md").read_text()
+    assert "450 runs, all finished." in result
+    assert "- 450 runs: commit d030e1d (clean), AMD EPYC" in result

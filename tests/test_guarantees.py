@@ -347,7 +347,9 @@ def test_every_run_records_its_provenance(tmp_path):
     from gigpo.tracking import config_hash
 
     run_dir = tmp_path / "run"
-    out = run_py([*TINY, "train.iterations=1", "logger=wandb", "logger.mode=offline", f"run_dir={run_dir}"], tmp_path)
+    # train.threads=3: not torch's default on this machine, so the record shows the run's own setting
+    out = run_py([*TINY, "train.iterations=1", "train.threads=3", "logger=wandb", "logger.mode=offline",
+                  f"run_dir={run_dir}"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     record = json.loads((run_dir / "provenance.json").read_text())
     assert record["config"] == OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
@@ -360,6 +362,7 @@ def test_every_run_records_its_provenance(tmp_path):
     # The host: floating point drifts across CPUs, so a number names the CPU it came from.
     host = record["host"]
     assert host["cpu_model"] and host["cores"] >= 1 and host["gpu"] is None
+    assert host["torch_threads"] == 3  # the threads the run computed with, set before the record
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if " avx2" in cpuinfo:
         assert "avx2" in host["cpu_isa_flags"]
