@@ -437,6 +437,22 @@ def test_encode_prompts_keeps_the_ids_the_tokenizer_gives(policy):
         assert all(type(t) is int for row in again for t in row)
 
 
+def test_encode_prompts_returns_kept_prompts_when_the_full_cache_is_cleared(policy, monkeypatch):
+    # The README's main job crashed (KeyError) after 8,192 distinct prompts: a call whose new prompts
+    # overflowed the cache cleared it, and its own already-kept prompts were then looked up there.
+    from gigpo.policy import model
+
+    _, _, tokenizer = policy
+    texts = prompts(6, seed=11)
+    monkeypatch.setattr(model, "PROMPT_CACHE", 4)
+    monkeypatch.setattr(model, "_prompt_ids", type(model._prompt_ids)())
+    model.encode_prompts(tokenizer, texts[:3], 48)  # 3 kept
+    mixed = model.encode_prompts(tokenizer, texts[1:5], 48)  # 2 kept + 2 new > 4: the cache is cleared
+    tokenizer.truncation_side = "left"
+    assert mixed == [tokenizer(t, truncation=True, max_length=48, add_special_tokens=False)["input_ids"]
+                     for t in texts[1:5]]
+
+
 # ---- a sharp model: sampler and scorer positions must agree to the token -------------------------
 # At the default init (std 0.02) attention is nearly uniform, so a sampler that attends the masked
 # holes of forced feeds, or gives a token the wrong position, still agrees with the scorer to 1e-4.

@@ -160,14 +160,18 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_t
     once (a group's trajectories share their first prompt) and kept: revisited states recur within a rollout
     and across iterations, and calling the tokenizer was a twentieth of an iteration."""
     cache = _prompt_ids.setdefault(tokenizer, {})
-    missing = [p for p in dict.fromkeys(prompts) if (p, max_tokens) not in cache]
+    keys = {p: (p, max_tokens) for p in dict.fromkeys(prompts)}
+    found = {p: cache[k] for p, k in keys.items() if k in cache}  # taken before a full cache is cleared
+    missing = [p for p in keys if p not in found]
     if missing:
         tokenizer.truncation_side = "left"
         ids = tokenizer(missing, truncation=True, max_length=max_tokens, add_special_tokens=False)["input_ids"]
-        if len(cache) + len(missing) > PROMPT_CACHE:
+        new = {p: np.asarray(i, dtype=np.int32) for p, i in zip(missing, ids)}
+        if len(cache) + len(new) > PROMPT_CACHE:
             cache.clear()
-        cache.update(((p, max_tokens), np.asarray(i, dtype=np.int32)) for p, i in zip(missing, ids))
-    return [cache[(p, max_tokens)].tolist() for p in prompts]
+        cache.update((keys[p], i) for p, i in new.items())
+        found.update(new)
+    return [found[p].tolist() for p in prompts]
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: cheaper per op than no_grad
