@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +69,13 @@ def compare(frame: pd.DataFrame, configs: pd.DataFrame, pairs, metric: str, allo
     """One row per (setting, pair): difference in means of ``metric``, Welch t and p, bootstrap CI."""
     rows = []
     for d in sorted(frame["distance"].unique()):
-        at_d = frame[frame["distance"] == d].rename(columns={"final success": "final", metric: "final success"})
+        at_d = frame[frame["distance"] == d]
         for arm, base in pairs:
             sub = at_d[at_d["method"].isin([arm, base])]
             if set(sub["method"]) != {arm, base}:
                 continue  # a partial report: one of the arms has no finished run here yet
             conf = configs[(configs["env.distance"] == d) & configs["method"].isin([arm, base])]
-            sig = significance(sub, base, conf)
+            sig = significance(sub, base, conf, metric=metric)
             refuse_unmatched(sig, [arm], allow_unmatched)
             row = sig.loc[arm]
             rows.append({"distance": d, "arm": arm, "vs": base, "diff": row["diff"], "welch t": row["welch t"],
@@ -150,19 +151,18 @@ def acceptance(runs) -> pd.DataFrame:
 def provenance_lines(runs) -> list[str]:
     """Where the runs came from, read off each run's ``provenance.json``: "N runs: commit C (clean|dirty),
     CPU model, flags hash H" per distinct origin (the protocol asks for hosts of one kind)."""
-    origins: dict[str, int] = {}
+    origins: Counter[str] = Counter()
     for run in runs:
         path = Path(run.source) / "provenance.json"
         if not path.is_file():
-            origins["no provenance.json"] = origins.get("no provenance.json", 0) + 1
+            origins["no provenance.json"] += 1
             continue
         record = json.loads(path.read_text())
         git, host = record.get("git") or {}, record.get("host") or {}
         state = "dirty" if git.get("dirty") else "clean"
-        key = (f"commit {str(git.get('commit'))[:7]} ({state}), {host.get('cpu_model')}, "
-               f"{host.get('cores')} cores, CPU flags sha256 {str(host.get('cpu_flags_sha256'))[:12]}")
-        origins[key] = origins.get(key, 0) + 1
-    return [f"- {n} runs: {key}" for key, n in sorted(origins.items(), key=lambda kv: -kv[1])]
+        origins[f"commit {str(git.get('commit'))[:7]} ({state}), {host.get('cpu_model')}, "
+                f"{host.get('cores')} cores, CPU flags sha256 {str(host.get('cpu_flags_sha256'))[:12]}"] += 1
+    return [f"- {n} runs: {key}" for key, n in origins.most_common()]
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -204,12 +204,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     trends = []
     distances = sorted(frame["distance"].unique())
     for arm, base in PAIRS:
-        sub = frame[frame["method"].isin([arm, base])].replace({arm: horizon.PRIMARY, base: horizon.BASELINE})
-        sub = sub.drop(columns="final success").rename(columns={METRIC: "final success"})
-        cells = sub.groupby(["distance", "method"]).size()
-        if len(distances) >= 2 and all((d, m) in cells for d in (distances[0], distances[-1])
-                                       for m in (horizon.PRIMARY, horizon.BASELINE)):
-            point, low, high = horizon.trend_interval(sub, distances[0], distances[-1])
+        cells = frame.groupby(["distance", "method"]).size()
+        if len(distances) >= 2 and all((d, m) in cells for d in (distances[0], distances[-1]) for m in (arm, base)):
+            point, low, high = horizon.trend_interval(frame, distances[0], distances[-1], metric=METRIC, arm=arm,
+                                                      base=base)
             trends.append(f"- {arm} - {base}: gap(d={distances[-1]}) - gap(d={distances[0]}) = {point:+.4f} "
                           f"(95% bootstrap interval [{low:+.4f}, {high:+.4f}])")
 

@@ -202,7 +202,7 @@ def flatten(config: dict, prefix: str = "") -> dict:
 
 def runs_frame(runs_or_paths) -> pd.DataFrame:
     """One row per run: ``source``, ``method``, ``env``, ``seed``, the flattened config and the final validation."""
-    runs = _as_runs(runs_or_paths)
+    runs = as_runs(runs_or_paths)
     rows = []
     for run in runs:
         final = {k: v for k, v in run.final.items() if k.startswith("val/") or k in ("env_steps", "time/wall_s")}
@@ -213,12 +213,13 @@ def runs_frame(runs_or_paths) -> pd.DataFrame:
 
 def history_frame(runs_or_paths) -> pd.DataFrame:
     """All metrics lines of all runs stacked, with ``source``, ``method``, ``env`` and ``seed`` columns."""
-    runs = _as_runs(runs_or_paths)
+    runs = as_runs(runs_or_paths)
     parts = [run.history.assign(source=run.source, method=run.method, env=run.env, seed=run.seed) for run in runs]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def _as_runs(runs_or_paths) -> list[Run]:
+def as_runs(runs_or_paths) -> list[Run]:
+    """Runs, from runs, run/multirun folders or one folder (``load_runs``)."""
     if isinstance(runs_or_paths, (str, Path)):
         return load_runs([runs_or_paths])
     items = list(runs_or_paths)

@@ -32,7 +32,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from gigpo.analysis.load import Run, history_frame, load_runs, runs_frame
+from gigpo.analysis.load import as_runs, history_frame, load_runs, runs_frame
 from gigpo.analysis.tables import label_cells, order_methods
 
 SIZE_BUCKETS = {"1": "step_groups/size_hist/1", "2-5": "step_groups/size_hist/2-5",
@@ -212,9 +212,7 @@ def advantage_spread(history: pd.DataFrame, env: str) -> Figure:
 def pooled_history(runs_or_paths) -> pd.DataFrame:
     """``history_frame`` whose ``method`` column is each run's table cell (``label_cells``): the method
     plus every setting in which runs of that environment differ, so a line pools seeds alone."""
-    runs = list(runs_or_paths) if not isinstance(runs_or_paths, (str, Path)) else [runs_or_paths]
-    if not all(isinstance(run, Run) for run in runs):
-        runs = load_runs(runs)
+    runs = as_runs(runs_or_paths)
     history = history_frame(runs)
     frame = runs_frame(runs)
     cell = {}

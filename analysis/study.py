@@ -79,16 +79,17 @@ def method_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return out.loc[order_methods(out.index)]
 
 
-def significance(frame: pd.DataFrame, baseline: str, configs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Each method vs ``baseline``: difference in mean final success, Welch's t and p, bootstrap CI,
-    Holm over the rows, and (given the runs' ``configs``, ``runs_frame`` rows in the same order as
-    ``frame``) the keys the two arms differ in beyond the estimator."""
+def significance(frame: pd.DataFrame, baseline: str, configs: pd.DataFrame | None = None,
+                 metric: str = "final success") -> pd.DataFrame:
+    """Each method vs ``baseline``: difference in the mean of ``metric`` (a column of ``frame``), Welch's t
+    and p, bootstrap CI, Holm over the rows, and (given the runs' ``configs``, ``runs_frame`` rows in the
+    same order as ``frame``) the keys the two arms differ in beyond the estimator."""
     if baseline not in set(frame["method"]):
         raise ValueError(f"--baseline {baseline!r} is not among the methods {sorted(set(frame['method']))}")
-    base = frame.loc[frame["method"] == baseline, "final success"].to_numpy()
+    base = frame.loc[frame["method"] == baseline, metric].to_numpy()
     rows = []
     for method in order_methods(set(frame["method"]) - {baseline}):
-        values = frame.loc[frame["method"] == method, "final success"].to_numpy()
+        values = frame.loc[frame["method"] == method, metric].to_numpy()
         several = len(values) > 1 and len(base) > 1  # one seed: no spread, so no test and no interval
         t, p = stats.welch(values, base)
         low, high = stats.bootstrap_diff(values, base) if several else (np.nan, np.nan)

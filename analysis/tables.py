@@ -32,12 +32,13 @@ from pathlib import Path
 import pandas as pd
 
 from gigpo.advantage import READS
-from gigpo.config import keys_with_role, role_of
+from gigpo.config import role_of
 from gigpo.analysis.load import load_runs, runs_frame
 
-# Config keys that never split cells: the seed (what a cell pools over) and the keys whose declared
-# role (gigpo.config) is logging or execution; ``provenance.`` is the record W&B's config carries.
-NOT_A_SETTING = ("train.seed", "provenance.", *keys_with_role("logging", "execution"))
+# Config keys that never split cells besides those whose declared role (gigpo.config) is logging or
+# execution (``_is_setting``): the seed (what a cell pools over) and ``provenance.``, the record W&B's
+# config carries.
+NOT_A_SETTING = ("train.seed", "provenance.")
 # Keys a method ignores, or that its label (analysis.load.method_label) already shows.
 METHOD_KEYS = ("algo.name",)
 GRAPH_ONLY = ("algo.omega", "algo.success_reward")

@@ -535,7 +535,8 @@ DEFAULT_MODE = {"gigpo": "mean", "graphgpo": "mean_std", "grpo": "mean_std", "rl
 # a key in both sets (the normaliser ``algo.mode``, say) is a confound when it differs
 # (analysis.tables.unmatched_keys).
 READS: dict[str, tuple[str, ...]] = {
-    "gigpo": ("algo.mode", "algo.eps", "algo.episode_stats", "algo.step_weight", "algo.gamma", "algo.similarity"),
+    "gigpo": ("algo.mode", "algo.eps", "algo.episode_stats", "algo.step_weight", "algo.gamma", "algo.similarity",
+              "algo.similarity_match"),
     "graphgpo": ("algo.mode", "algo.eps", "algo.episode_stats", "algo.step_weight", "algo.similarity",
                  "algo.omega", "algo.success_reward"),
     "grpo": ("algo.mode", "algo.eps", "algo.episode_stats"),

@@ -7,6 +7,7 @@ schema (gigpo.config) because some need the environment modules (prompt template
 
 from __future__ import annotations
 
+from gigpo.advantage import EPISODE_STATS, MODES, PENALTY_PLACEMENTS, SIMILARITY_MATCHES
 from gigpo.config import ENV_SCHEMAS
 
 
@@ -22,16 +23,14 @@ def _check_prompts(env) -> None:
                          "from; use env.prompt_style=plain")
     if env.prompt_style == "react" and env.react_examples < 1:
         raise ValueError(f"env.react_examples={env.react_examples!r} must be >= 1 with env.prompt_style=react")
-    if env.name == "webshop" and env.goals not in ("human", "synthetic"):
-        raise ValueError(f"env.goals={env.goals!r} is not one of ['human', 'synthetic']")
     module = env_module(env.name)
     templates = {}
     if env.prompt_template:
         templates["env.prompt_template"] = load_template(env.prompt_template)
     elif env.compact_prompt:
-        templates["env.compact_prompt=true (COMPACT_PROMPT)"] = module.COMPACT_PROMPT
+        templates["env.compact_prompt=true (COMPACT_PROMPT)"] = module.PROMPTS.compact
     else:
-        templates["env.compact_prompt=false (PROMPT)"] = module.PROMPT
+        templates["env.compact_prompt=false (PROMPT)"] = module.PROMPTS.full
     if env.prompt_template_first:
         load_template(env.prompt_template_first)
     for name, text in templates.items():
@@ -42,11 +41,11 @@ def _check_prompts(env) -> None:
 
 CHOICES = {
     "algo.name": ("gigpo", "graphgpo", "grpo", "rloo", "ppo"),
-    "algo.penalty_placement": ("step", "reward"),
-    "algo.mode": ("mean", "mean_std"),
-    "algo.episode_stats": ("trajectory", "step"),
+    "algo.penalty_placement": PENALTY_PLACEMENTS,
+    "algo.mode": MODES,
+    "algo.episode_stats": EPISODE_STATS,
     "algo.loss_agg": ("token_mean", "seq_mean", "token_mean_per_micro"),
-    "algo.similarity_match": ("best", "first"),
+    "algo.similarity_match": SIMILARITY_MATCHES,
     "env.name": tuple(ENV_SCHEMAS),
     "model.name": ("tiny", "hf"),
     "model.dtype": ("float32", "bfloat16"),

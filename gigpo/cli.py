@@ -30,8 +30,6 @@ register_configs()
 register_help()  # renders `--help` (hydra.help.template in conf/config.yaml)
 # Used by hydra.run.dir / hydra.sweep.subdir in conf/config.yaml.
 OmegaConf.register_new_resolver("gigpo_run_dir", lambda run_dir, default: run_dir or default, replace=True)
-OmegaConf.register_new_resolver("gigpo_safe_name", lambda name: str(name).replace("/", "_") or "default",
-                                replace=True)
 OmegaConf.register_new_resolver("gigpo_job_name", lambda overrides: job_name(overrides), replace=True)
 
 

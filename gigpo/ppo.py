@@ -260,10 +260,10 @@ def update(cfg: DictConfig, policy, reference, optimizer, batch: Rollout, advant
     entropy, clip fractions and approx_kl_old, are then not logged). ``advantages``: one per sample [n],
     or per response token (a list of [T_i] arrays, ``gigpo.critic``)."""
     if loss_is_zero(cfg, policy, advantages):
-        params = [p for p in policy.parameters() if p.requires_grad]
+        for p in policy.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)  # the optimizer reads them and leaves them as they are
         for _ in minibatches(cfg, len(batch.samples), iteration):
-            for p in params:
-                p.grad = torch.zeros_like(p)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return {"loss/pg_loss": 0.0, "loss/policy_loss": 0.0, "loss/grad_norm": 0.0, "train/skipped_updates": 1.0}

@@ -173,12 +173,8 @@ def collect(cfg: DictConfig, runner: GroupRunner, policy, tokenizer, iteration: 
     return batch, dropped, parts if parts is not None else _advantage_parts(cfg, batch)
 
 
-def groups_with_signal(cfg: DictConfig, batch: Rollout) -> set[int]:
-    """Ids of the groups in which the estimator gives some row a nonzero advantage part."""
-    return _signal_groups(cfg, batch, _advantage_parts(cfg, batch))
-
-
 def _signal_groups(cfg: DictConfig, batch: Rollout, parts: dict) -> set[int]:
+    """Ids of the groups in which the estimator's ``parts`` give some row a nonzero advantage part."""
     signal = (parts["episode"] != 0) | (cfg.algo.step_weight * parts["step"] != 0)
     return set(batch.group_id[signal].tolist())
 
@@ -365,7 +361,6 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
             metrics.update({f"train/{k}": v for k, v in summary.items()})
             metrics.update(adv_stats)
             metrics.update(loss_stats)
-            metrics.setdefault("train/skipped_updates", 0.0)  # DeepSpeed's update never skips
             metrics.update(batch_metrics(batch, tokenizer.eos_token_id, cfg.model.max_prompt_tokens))
             metrics.update(reward_metrics(batch.reward, cfg.env.invalid_penalty * batch.invalid,
                                           parts["return"] if parts is not None else None))
@@ -554,10 +549,11 @@ def evaluate_as_loaded(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     console.announce(f"evaluating the model as loaded ({cfg.model.name}{', ' + cfg.model.path if cfg.model.path else ''}"
                      f") | env {cfg.env.name} | {len(validation_seeds(cfg.env, evaluate=True))} episodes")
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    config = redact(OmegaConf.to_container(cfg, resolve=True))  # what the run records: no URL passwords
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
     if cfg.train.threads > 0:  # before the provenance, which records the threads the run computes with
         torch.set_num_threads(cfg.train.threads)
-    write_provenance(run_dir, cfg)
+    write_provenance(run_dir, config)
     seed_everything(cfg.train.seed)
     policy, _, tokenizer = build_policy(cfg, run_dir)
     limit = cfg.model.max_prompt_tokens

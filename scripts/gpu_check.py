@@ -235,7 +235,8 @@ def main() -> None:
     args.sample_batch, args.sample_prompt, args.sample_new = (8, 16, 8) if tiny else (128, 512, 128)
     args.lora_batch, args.lora_prompt, args.lora_response = (4, 16, 4) if tiny else (16, 512, 64)
     shape = gpu_smoke.TINY if tiny else gpu_smoke.QWEN_1_5B
-    torch.set_num_threads(1 if tiny else max(torch.get_num_threads(), 1))
+    if tiny:
+        torch.set_num_threads(1)
 
     from gigpo.config import register_configs
 

@@ -31,6 +31,10 @@ def test_arms_differing_only_in_the_estimator_are_matched():
     frame = pd.DataFrame(_arm("GiGPO (mean)", "gigpo", "mean") + _arm("GRPO (mean)", "grpo", "mean", **{
         "algo.step_weight": 0.5}))  # GRPO does not read step_weight: not a confound
     assert unmatched_keys(frame, "GiGPO (mean)", "GRPO (mean)") == []
+    # nor how GiGPO matches similar anchors (GRPO builds no step groups)
+    frame = pd.DataFrame(_arm("GiGPO (mean)", "gigpo", "mean", **{"algo.similarity_match": "first"})
+                         + _arm("GRPO (mean)", "grpo", "mean", **{"algo.similarity_match": "best"}))
+    assert unmatched_keys(frame, "GiGPO (mean)", "GRPO (mean)") == []
     # the normaliser is read by both: a confound
     frame = pd.DataFrame(_arm("GiGPO (mean)", "gigpo", "mean") + _arm("GRPO", "grpo", "mean_std"))
     assert unmatched_keys(frame, "GiGPO (mean)", "GRPO") == ["algo.mode"]

@@ -85,6 +85,12 @@ def test_bad_values_fail_the_check(override, culprit):
         check(compose_cfg([override]))
 
 
+def test_an_env_refuses_its_own_bad_options_at_composition():
+    # WebShop's goal source is checked by the env module's check_options, where its other options are
+    with pytest.raises(ValueError, match=r"env.goals='bogus' is not one of \['human', 'synthetic'\]"):
+        check(compose_cfg(["env=webshop", "env.goals=bogus"]))
+
+
 @pytest.mark.parametrize("override, culprit, allowed", [
     ("train.grad_clip=-1", "train.grad_clip", ">= 0"),
     ("train.lr=-0.001", "train.lr", ">= 0"),

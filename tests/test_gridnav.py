@@ -1,10 +1,24 @@
 """GridNav: seeded generation with an exact optimal length, mechanics, sparse reward, registry."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from gigpo.envs import make
 from gigpo.envs.gridnav import ACTIONS, GridNavEnv, bfs_distances, generate, random_success
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_gridnav(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from gigpo.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose("config", overrides=["env=gridnav", *overrides])
 
 
 @pytest.mark.parametrize("distance", [1, 2, 4, 8, 12])
@@ -86,4 +100,9 @@ def test_registry_and_bad_values_name_the_key():
         GridNavEnv(distance=4, max_steps=3)
     with pytest.raises(RuntimeError, match="env.distance"):
         generate(0, 2, 9, 0.0)
+    # an unknown view fails at composition (gigpo.checks.check), not at the run's first env
+    from gigpo.checks import check
+
+    with pytest.raises(ValueError, match=r"env.view='foo' is not one of"):
+        check(compose_gridnav(["env.view=foo"]), runtime=False)
     assert np.isclose(random_success(2, 50), random_success(2, 50))

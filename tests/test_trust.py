@@ -381,6 +381,19 @@ def test_a_sweep_storage_password_is_in_no_file_the_run_writes(tmp_path):
     assert "postgresql://user:***@host/db" in load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]
 
 
+def test_an_evaluation_of_the_model_as_loaded_records_no_storage_password(tmp_path):
+    from omegaconf import open_dict
+
+    from gigpo.train import evaluate_as_loaded
+
+    cfg = compose(["mode=eval", "env.val_episodes=2", "logger=none", f"sweep.storage={SECRET_URL}"])
+    with open_dict(cfg):
+        cfg.run_dir = str(tmp_path / "eval")
+    evaluate_as_loaded(cfg)
+    assert (tmp_path / "eval" / "eval.json").exists() and files_holding(tmp_path / "eval", b"secret") == []
+    assert "postgresql://user:***@host/db" in (tmp_path / "eval" / "config.yaml").read_text()
+
+
 def test_hydra_files_of_a_job_hold_no_storage_password(tmp_path):
     """Hydra saves a job's overrides in .hydra/*.yaml before the job runs; the job rewrites them redacted
     (here a job refused because no sweeper launched it)."""

@@ -81,10 +81,17 @@ def bfs_distances(walls: np.ndarray, start: tuple[int, int]) -> dict[tuple[int, 
     return distance
 
 
+def check_view(view: str) -> None:
+    if view not in VIEWS:
+        raise ValueError(f"gridnav: env.view={view!r} is not one of {list(VIEWS)}")
+
+
 def check_options(env) -> None:
     """The ``env.`` options no room can be drawn for, refused at composition (``gigpo.checks.check``)
     rather than by the first reset inside a run: size < 2, distance < 1 or longer than any path in
-    the grid (size**2 - 1 moves visit every cell), wall_density outside [0, 1), max_steps < distance."""
+    the grid (size**2 - 1 moves visit every cell), wall_density outside [0, 1), max_steps < distance,
+    an unknown view."""
+    check_view(env.view)
     if env.size < 2:
         raise ValueError(f"env.size={env.size!r} must be >= 2 (interior side length)")
     if not 1 <= env.distance <= env.size**2 - 1:
@@ -125,8 +132,7 @@ class GridNavEnv:
 
     def __init__(self, size: int = 7, distance: int = 4, wall_density: float = 0.3, max_steps: int | None = None,
                  reward_goal: float = 10.0, view: str = "grid"):
-        if view not in VIEWS:
-            raise ValueError(f"gridnav: env.view={view!r} is not one of {list(VIEWS)}")
+        check_view(view)
         if size < 2 or distance < 1 or not 0.0 <= wall_density < 1.0:
             raise ValueError(f"gridnav: need size >= 2, distance >= 1, 0 <= wall_density < 1; got size={size}, "
                              f"distance={distance}, wall_density={wall_density}")

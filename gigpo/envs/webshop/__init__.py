@@ -15,7 +15,9 @@ from gigpo.envs.webshop.env import SEARCH_ACTION, SEP, WebShopEnv
 
 
 def check_options(env) -> None:
-    """Splits, reward mode and catalog size the env accepts (checked at composition)."""
+    """Splits, goals, reward mode and catalog size the env accepts (checked at composition)."""
+    if env.goals not in ("human", "synthetic"):
+        raise ValueError(f"env.goals={env.goals!r} is not one of ['human', 'synthetic']")
     for key in ("split", "val_split"):
         if env[key] not in SPLITS:
             raise ValueError(f"env.{key}={env[key]!r} is not one of {sorted(SPLITS)}")
