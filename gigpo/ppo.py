@@ -90,7 +90,7 @@ class Scorer:
         # is not kept under gradient checkpointing, and ZeRO-3 gathers parameters per call: plain there.
         self.share_prompts = not cfg.model.get("gradient_checkpointing", False) and \
             cfg.get("train", {}).get("strategy", "single") == "single"
-        self.old: dict[int, torch.Tensor] = {}  # by distinct id
+        self.old: dict[int, torch.Tensor] = {}  # by distinct id: log-probs of its response tokens [R]
         self.ref: dict[int, torch.Tensor] = {}
         self.scored: dict[int, int] = {}
         """distinct id -> response tokens with a finite old log-prob (the tokens the loss counts)"""
@@ -142,72 +142,74 @@ class Scorer:
         """Old (unless ``policy`` is None) and reference log-probs of ``rows``, kept for every PPO epoch."""
         ids = [self.distinct[i] for i in rows]
         if policy is not None:
-            self.old.update(zip(ids, self.forward(rows, policy)[0]))
-            for i, d in zip(rows, ids):
-                self.scored[d] = int(torch.isfinite(self.response(self.old[d], i)).sum())
+            logp, _, mask = self.forward(rows, policy)
+            self.old.update(zip(ids, self.responses(logp, mask)))
+            # Outside the response logp is 0 (finite): the finite response tokens of each row, one sync.
+            finite = (torch.isfinite(logp) & mask.bool()).sum(-1).tolist()
+            self.scored.update(zip(ids, finite))
         if reference is not None:
-            self.ref.update(zip(ids, self.forward(rows, reference)[0]))
+            logp, _, mask = self.forward(rows, reference)
+            self.ref.update(zip(ids, self.responses(logp, mask)))
+
+    @staticmethod
+    def responses(values: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Each row's values at its response positions (``mask``), [R_b] per row."""
+        return list(values[mask.bool()].split(mask.sum(-1).long().tolist()))
 
     def take_old(self) -> None:
-        """Old log-probs from the samples' own (the sampler's) log-probs, laid out as ``forward`` returns them:
-        response token k of sample i at target position len(prompt_i) - 1 + k, 0 elsewhere."""
-        for d, i in enumerate(self.first):
-            s = self.samples[i]
-            row = torch.zeros(len(s.prompt_ids) + len(s.response_ids) - 1, dtype=torch.float32)
-            row[len(s.prompt_ids) - 1 :] = self.rollout_logprobs(i)
-            self.scored[d] = int(torch.isfinite(self.response(row, i)).sum())  # on the host: no device sync
-            self.old[d] = row.to(self.device)
+        """Old log-probs from the samples' own (the sampler's) log-probs: one tensor for the batch, split
+        into each distinct sample's [R]."""
+        flat = self.rollout_logprobs(self.first)
+        lengths = [len(self.samples[i].response_ids) for i in self.first]
+        finite = np.concatenate([[0], np.cumsum(np.isfinite(flat.numpy()))])  # on the host: no device sync
+        ends = np.cumsum(lengths)
+        self.scored.update(enumerate((finite[ends] - finite[ends - lengths]).tolist()))
+        self.old.update(enumerate(flat.to(self.device).split(lengths)))
 
-    def response(self, values: torch.Tensor, i: int) -> torch.Tensor:
-        """The response positions of sample ``i`` in a per-token row [L-1] (right padding: the
-        target of position t is token t + 1, so response token k sits at prompt length - 1 + k)."""
-        start = len(self.samples[i].prompt_ids) - 1
-        return values[start : start + len(self.samples[i].response_ids)]
+    def rollout_logprobs(self, rows: list[int]) -> torch.Tensor:
+        """The sampler's log-probs of the response tokens of ``rows``, concatenated in order, [sum R] float32."""
+        for i in rows:
+            sample = self.samples[i]
+            if sample.logprobs is None or len(sample.logprobs) != len(sample.response_ids):
+                given = None if sample.logprobs is None else len(sample.logprobs)
+                raise ValueError(f"sample {i}: the sampler returned {given} log-probs for "
+                                 f"{len(sample.response_ids)} response tokens; every sampler must return its own "
+                                 "log-prob of each token (generate(..., logprobs=True))")
+        return torch.tensor([x for i in rows for x in self.samples[i].logprobs], dtype=torch.float32)
 
-    def rollout_logprobs(self, i: int) -> torch.Tensor:
-        """The sampler's log-prob of each response token of sample ``i``, [R] float32."""
-        sample = self.samples[i]
-        if sample.logprobs is None or len(sample.logprobs) != len(sample.response_ids):
-            given = None if sample.logprobs is None else len(sample.logprobs)
-            raise ValueError(f"sample {i}: the sampler returned {given} log-probs for {len(sample.response_ids)} "
-                             "response tokens; every sampler must return its own log-prob of each token "
-                             "(generate(..., logprobs=True))")
-        return torch.tensor(sample.logprobs, dtype=torch.float32)
+    def flat_old(self, rows: list[int], which: dict | None = None) -> torch.Tensor:
+        """The recorded old (or ``which``: reference) log-probs of the response tokens of ``rows``, [sum R]."""
+        which = self.old if which is None else which
+        return torch.cat([which[self.distinct[i]] for i in rows])
 
     def rollout_stats(self, rows: list[int], trainer: torch.Tensor | None = None) -> dict[str, float]:
         """Sums and extremes over the response tokens of ``rows`` (old log-probs recorded): tokens whose
         trainer log-prob is not finite, and, when the samples carry the sampler's log-probs (every rollout
         does; a synthetic batch may not), the finite pairs, sum and max of |log pi_trainer - log pi_rollout|
         and min and max of the log-ratio. ``finish_rollout_stats`` turns them into metrics. The trainer's
-        log-probs are the recorded old ones, or ``trainer`` [len(rows), W] (a forward of the unchanged
-        policy over ``rows``)."""
+        log-probs are the recorded old ones, or ``trainer`` [sum R] (a forward of the unchanged policy over
+        ``rows``, its response tokens row by row)."""
         compare = any(self.samples[i].logprobs is not None for i in rows)
-        diffs, masked = [torch.zeros(0)], 0
-        for b, i in enumerate(rows):
-            values = self.old[self.distinct[i]] if trainer is None else trainer[b]
-            old = self.response(values, i).float().cpu()
-            masked += int((~torch.isfinite(old)).sum())
-            if compare:
-                sampled = self.rollout_logprobs(i)
-                both = torch.isfinite(old) & torch.isfinite(sampled)
-                diffs.append((old - sampled)[both])
-        d = torch.cat(diffs)
+        old = (self.flat_old(rows) if trainer is None else trainer).float().cpu()
+        finite = torch.isfinite(old)
+        masked = int((~finite).sum())
+        d = torch.zeros(0)
+        if compare:
+            sampled = self.rollout_logprobs(rows)
+            d = (old - sampled)[finite & torch.isfinite(sampled)]
+        if not d.numel():
+            return {"masked": float(masked), "compared": float(compare), "pairs": 0.0, "abs_sum": 0.0,
+                    "abs_max": 0.0, "log_ratio_min": math.inf, "log_ratio_max": -math.inf}
+        abs_sum, abs_max, low, high = torch.stack([d.abs().sum(), d.abs().max(), d.min(), d.max()]).tolist()
         return {"masked": float(masked), "compared": float(compare), "pairs": float(d.numel()),
-                "abs_sum": float(d.abs().sum()), "abs_max": float(d.abs().max()) if d.numel() else 0.0,
-                "log_ratio_min": float(d.min()) if d.numel() else math.inf,
-                "log_ratio_max": float(d.max()) if d.numel() else -math.inf}
+                "abs_sum": abs_sum, "abs_max": abs_max, "log_ratio_min": low, "log_ratio_max": high}
 
-    def is_weights(self, rows: list[int], width: int, cap: float) -> torch.Tensor:
-        """[len(rows), width] truncated importance weights min(pi_old / pi_rollout, cap) on response
-        positions (1 elsewhere, and where either log-prob is not finite)."""
-        weights = torch.ones((len(rows), width), dtype=torch.float32)
-        for b, i in enumerate(rows):
-            start = len(self.samples[i].prompt_ids) - 1
-            old = self.response(self.old[self.distinct[i]], i).float().cpu()
-            log_w = old - self.rollout_logprobs(i)
-            w = torch.where(torch.isfinite(log_w), torch.exp(log_w.clamp(max=math.log(cap))), 1.0)
-            weights[b, start : start + len(w)] = w
-        return weights.to(self.device)
+    def is_weights(self, rows: list[int], mask: torch.Tensor, cap: float) -> torch.Tensor:
+        """Truncated importance weights min(pi_old / pi_rollout, cap) on the response positions of ``rows``
+        (``mask`` [len(rows), W]), 1 elsewhere and where either log-prob is not finite."""
+        log_w = self.flat_old(rows).float().cpu() - self.rollout_logprobs(rows)
+        w = torch.where(torch.isfinite(log_w), torch.exp(log_w.clamp(max=math.log(cap))), 1.0)
+        return torch.ones(mask.shape, dtype=torch.float32).masked_scatter(mask.cpu().bool(), w).to(self.device)
 
     def counted_tokens(self, rows: list[int]) -> int:
         """Response tokens of ``rows`` (old log-probs recorded) that the loss counts: finite old log-prob."""
@@ -223,12 +225,13 @@ class Scorer:
         are merged into it (``merge_rollout_stats``)."""
         cfg = self.cfg
         logp, entropy, mask = self.forward(rows, model, with_entropy=True)
+        where = mask.bool()
         if measure is not None:
-            merge_rollout_stats(measure, self.rollout_stats(rows, logp.detach()))
-        width = logp.shape[1]
-        old_lp = torch.stack([_fit(self.old[self.distinct[i]], width) for i in rows])
-        ref_lp = torch.stack([_fit(self.ref[self.distinct[i]], width) for i in rows]) if self.ref else None
-        weights = self.is_weights(rows, width, cfg.algo.tis_cap) if cfg.algo.get("tis_cap") is not None else None
+            merge_rollout_stats(measure, self.rollout_stats(rows, logp.detach()[where]))
+        # Recorded response log-probs laid into this batch's response positions (row-major, as recorded).
+        old_lp = torch.zeros_like(logp).masked_scatter(where, self.flat_old(rows))
+        ref_lp = torch.zeros_like(logp).masked_scatter(where, self.flat_old(rows, self.ref)) if self.ref else None
+        weights = self.is_weights(rows, mask, cfg.algo.tis_cap) if cfg.algo.get("tis_cap") is not None else None
         loss, metrics = policy_loss(logp, old_lp, self.row_advantages(rows, mask), mask, cfg.algo.clip_low,
                                     cfg.algo.clip_high, cfg.algo.loss_agg, ref_lp, cfg.algo.kl_coef, entropy,
                                     cfg.algo.entropy_coef, cfg.algo.clip_ratio_c, cfg.algo.kl_clamp, weights)
@@ -335,10 +338,3 @@ def _sample_key(sample) -> tuple:
     """What a sample's log-probs depend on: its tokens and, under constrained decoding, the allowed ones."""
     allowed = tuple(map(tuple, sample.allowed)) if sample.allowed else None
     return tuple(sample.prompt_ids), tuple(sample.response_ids), allowed
-
-
-def _fit(values: torch.Tensor, width: int) -> torch.Tensor:
-    """Pad or cut a per-token row computed in another micro-batch to this batch's width."""
-    if values.shape[0] >= width:
-        return values[:width]
-    return torch.nn.functional.pad(values, (0, width - values.shape[0]))

@@ -113,7 +113,7 @@ def test_token_mean_per_micro_is_the_mean_of_micro_batch_token_means():
         loss, _ = scorer.micro_loss(rows, mini, model, len(micro))
         total += loss.item()
         logp, entropy, mask = scorer.forward(rows, model)
-        old = torch.stack([scorer.old[scorer.distinct[i]][: logp.shape[1]] for i in rows])
+        old = torch.zeros_like(logp).masked_scatter(mask.bool(), torch.cat([scorer.old[scorer.distinct[i]] for i in rows]))
         own, _ = policy_loss(logp, old, torch.as_tensor(advantages[rows], dtype=torch.float32), mask)
         expected += own.item() / len(micro)  # verl: each micro-batch's token mean / number of micro-batches
         plain += own.item() * count / sum(tokens)  # token_mean: weighted by the micro-batch's tokens

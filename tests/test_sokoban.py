@@ -100,3 +100,25 @@ def test_memoised_rooms_are_not_changed_by_play():
             break
     assert env.reset(4).observation == first
     assert SokobanEnv(easy=True).reset(4).observation == first
+
+
+def test_render_reads_back_as_the_room_for_every_piece_and_layout():
+    # Every legend symbol (a box or the player on a target or not) survives render -> _room -> render,
+    # and so do the generated rooms and the states of random play.
+    grid = "#######\n#P_O__#\n#_X√#_#\n#_____#\n#######"
+    assert _room(grid).render() == grid
+    on_target = "#####\n#S√_#\n#_X_#\n#####"
+    assert _room(on_target).render() == on_target
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        env = SokobanEnv()
+        first = env.reset(seed).observation
+        assert env.room.render() in first
+        for _ in range(6):
+            room = _room(env.room.render())
+            assert (room.walls == env.room.walls).all() and (room.targets == env.room.targets).all()
+            assert room.boxes == env.room.boxes and room.player == env.room.player
+            step = env.step(str(rng.choice(list(ACTIONS))))
+            assert env.room.render() in step.observation
+            if step.done:
+                break

@@ -210,7 +210,8 @@ def test_deduplicated_micro_batches_give_the_plain_mini_batch_loss_and_gradients
     batch = loop_pad_batch(samples, 0, 50)
     logp, entropy = token_logprobs(model, batch, 1.0, with_entropy=True)
     width = logp.shape[1]
-    old = torch.stack([torch.nn.functional.pad(scorer.old[scorer.distinct[i]], (0, 64))[:width] for i in mini])
+    old = torch.zeros((len(mini), width)).masked_scatter(batch["response_mask"].bool(),
+                                                         torch.cat([scorer.old[scorer.distinct[i]] for i in mini]))
     loss, _ = policy_loss(logp, old, torch.as_tensor(advantages, dtype=torch.float32), batch["response_mask"],
                           agg=loss_agg, entropy=entropy, entropy_coef=0.01)
     loss.backward()
@@ -225,6 +226,9 @@ def prompt_set(kind: str, rng: random.Random) -> list[list[int]]:
         return [[rng.randrange(2, 50) for _ in range(rng.randint(1, 12))] for _ in range(4)]
     if kind == "one_token":
         return [[rng.randrange(2, 50)] for _ in range(3)]
+    if kind == "one_feed":  # shared prefixes, every prompt answered once (below): the feeds run the last level
+        stem = [rng.randrange(2, 50) for _ in range(6)]
+        return [stem + [rng.randrange(2, 50) for _ in range(rng.randint(1, 5))] for _ in range(5)] + [stem[:3]]
     stem = [rng.randrange(2, 50) for _ in range(6)]
     branches = [stem + [rng.randrange(2, 50) for _ in range(rng.randint(1, 5))] for _ in range(3)]
     prompts_ = [b + [rng.randrange(2, 50) for _ in range(rng.randint(0, 4))] for b in branches for _ in range(2)]
@@ -233,7 +237,8 @@ def prompt_set(kind: str, rng: random.Random) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("constrained", [False, True])
-@pytest.mark.parametrize("prompts_kind, level_cost", [("random", 32), ("shared", 0), ("shared", 32), ("one_token", 0)])
+@pytest.mark.parametrize("prompts_kind, level_cost", [("random", 32), ("shared", 0), ("shared", 32), ("one_token", 0),
+                                                     ("one_feed", 0), ("one_feed", 32), ("one_feed", 64)])
 def test_shared_prompt_scoring_equals_plain_scoring_with_gradients(constrained, prompts_kind, level_cost, monkeypatch):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -253,14 +258,27 @@ def test_shared_prompt_scoring_equals_plain_scoring_with_gradients(constrained, 
         allowed = [[t] if rng.random() < 0.4 else sorted({t, *rng.sample(range(2, 50), 3)}) for t in r] \
             if constrained else None
         samples.append(Sample(prompts_[k % len(prompts_)], r, "", allowed))
+    if prompts_kind == "one_feed":
+        samples = samples[: len(prompts_)]
     if constrained:  # actions as the sampler makes them: forced tag, a choice, forced tail; one feed per prompt
         choices = [20, 21, 22]
         samples += [Sample(p, [10, c, 11, 1], "", [[10], choices, [11], [1]]) for p in prompts_ for c in choices]
     shared = pad_batch(samples, 0, "cpu", 50, share_prompts=True)
     levels = shared["prompt_levels"]
-    assert len(levels) > 1 if prompts_kind == "shared" else len(levels) == {"random": 1, "one_token": 0}[prompts_kind]
-    if constrained:
-        assert shared["sample_ids"].shape[0] < len(samples) - 2 * len(prompts_)
+    # (levels run on their own, whether the feeds run the last level's columns), each path compared below.
+    # A 1-token prompt (random, shared) has no context to carry: never merged. one_feed: one feed per
+    # context unconstrained (merged at any cost); constrained, the action samples add a second feed to
+    # each of the 6 contexts, merged only when 6 x the last level's width (10) is within LEVEL_COST.
+    expected = {("random", 32): (1, False), ("shared", 0): (6, False), ("shared", 32): (2, False),
+                ("one_token", 0): (0, False)}.get((prompts_kind, level_cost))
+    if prompts_kind == "one_feed":
+        expected = {(0, False): (2, True), (32, False): (0, True), (64, False): (0, True),
+                    (0, True): (3, False), (32, True): (1, False), (64, True): (0, True)}[level_cost, constrained]
+    assert (len(levels), shared["merged"]) == expected
+    if constrained:  # each prompt's three actions share one feed (one_feed: nothing else to share)
+        shared_feeds = len(samples) - 2 * len(prompts_)
+        assert shared["sample_ids"].shape[0] == shared_feeds if prompts_kind == "one_feed" else \
+            shared["sample_ids"].shape[0] < shared_feeds
 
     def run(share: bool):
         model.zero_grad()
@@ -358,10 +376,10 @@ def test_update_with_the_sampler_log_probs_equals_the_update_that_rescores_them(
                                                                                     advantages, "cpu")
     taken.take_old()
     recomputed.record_old(recomputed.first, policy, None)
-    for d, old in recomputed.old.items():
-        n = taken.old[d].shape[0]
-        torch.testing.assert_close(taken.old[d], old[:n], atol=1e-5, rtol=0.0)
-        assert not old[n:].any()
+    assert taken.old.keys() == recomputed.old.keys() and taken.scored == recomputed.scored
+    for d, old in recomputed.old.items():  # each distinct sample's response tokens
+        assert old.shape == (len(batch.samples[recomputed.first[d]].response_ids),)
+        torch.testing.assert_close(taken.old[d], old, atol=1e-5, rtol=0.0)
 
     results = []
     for run_cfg in (cfg, rescore):
@@ -512,3 +530,36 @@ def test_sharp_model_sampler_logprobs_equal_scorer_logprobs_with_forced_runs(sha
     # the fixture is sharp enough to tell: choices are far from uniform
     chosen = [v for s in samples for v in s.logprobs if v != 0.0]
     assert min(chosen) < -2.0
+
+
+@pytest.mark.parametrize("level_cost", [0, 128])
+def test_native_prefill_of_shared_prefixes_equals_generate_and_the_scorer(sharp_policy, level_cost, monkeypatch):
+    # Prompts that share stems, of many lengths: the prefill runs them in levels (the scorer's plan), and
+    # decoding goes on over caches with masked holes between a prompt's context and its last token.
+    import gigpo.policy.model
+
+    monkeypatch.setattr(gigpo.policy.model, "LEVEL_COST", level_cost)
+    cfg, model, tokenizer = sharp_policy
+    rng = random.Random(6)
+    words = "the you see a cabinet countertop apple mug drawer on in red shoes size men go take put".split()
+    stems = [" ".join(rng.choice(words) for _ in range(n)) for n in (6, 14)]
+    texts = [f"{rng.choice(stems)} {' '.join(rng.choice(words) for _ in range(rng.randint(1, 12)))}" for _ in range(24)]
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert max(map(len, encoded)) <= cfg.max_prompt_tokens and len(set(map(len, encoded))) > 3  # uncut; holes
+    plan = pad_batch([Sample(ids, [0], "") for ids in encoded], 0, "cpu", share_prompts=True)
+    assert len(plan["prompt_levels"]) >= (2 if level_cost == 0 else 1)
+    for actions in (None, [rng.sample(SHARP_ACTIONS, rng.randint(2, len(SHARP_ACTIONS))) for _ in texts]):
+        native = generate(model, tokenizer, texts, cfg, 0.0, actions)
+        hf = generate(model, tokenizer, texts, dataclasses.replace(cfg, sampler="hf"), 0.0, actions)
+        assert [s.response_ids for s in native] == [s.response_ids for s in hf]
+        if actions is None:  # several decode steps, and the greedy responses depend on the prompt
+            assert min(len(s.response_ids) for s in native) > 2 and len({tuple(s.response_ids) for s in native}) > 3
+        torch.manual_seed(2)
+        sampled = generate(model, tokenizer, texts, cfg, 1.0, actions, logprobs=True)
+        batch = pad_batch(sampled, tokenizer.pad_token_id, "cpu", len(tokenizer))
+        with torch.no_grad():
+            logp = token_logprobs(model, batch, 1.0)[0]
+        for i, s in enumerate(sampled):
+            start = len(s.prompt_ids) - 1
+            torch.testing.assert_close(logp[i, start : start + len(s.response_ids)], torch.tensor(s.logprobs),
+                                       atol=1e-4, rtol=0.0)

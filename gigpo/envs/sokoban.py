@@ -86,21 +86,13 @@ class Room:
         return sum(bool(self.targets[box]) for box in self.boxes)
 
     def render(self) -> str:
-        rows = []
-        for r in range(self.walls.shape[0]):
-            row = []
-            for c in range(self.walls.shape[1]):
-                cell, target = (r, c), bool(self.targets[r, c])
-                if self.walls[cell]:
-                    row.append("#")
-                elif cell in self.boxes:
-                    row.append("√" if target else "X")
-                elif cell == self.player:
-                    row.append("S" if target else "P")
-                else:
-                    row.append("O" if target else "_")
-            rows.append("".join(row))
-        return "\n".join(rows)
+        """The grid: # wall, X box (a box on a target: √), P player (on a target: S), O target, _ floor."""
+        grid = np.where(self.walls, "#", np.where(self.targets, "O", "_")).tolist()  # the static layout at once
+        for r, c in self.boxes:
+            grid[r][c] = "√" if self.targets[r, c] else "X"
+        r, c = self.player
+        grid[r][c] = "S" if self.targets[r, c] else "P"
+        return "\n".join(map("".join, grid))
 
 
 def _step_cell(cell: tuple[int, int], delta: tuple[int, int], sign: int = 1) -> tuple[int, int]:

@@ -40,6 +40,7 @@ pass: the backward never enters the last layer's attention output and MLP at pro
 
 from __future__ import annotations
 
+import bisect
 import functools
 import weakref
 from dataclasses import dataclass
@@ -238,7 +239,8 @@ def _sample_native(model, tokenizer, prompt_ids, cfg, temperature, tries, max_ne
     """Token-by-token sampling with a KV cache, in a plain loop.
 
     Against transformers' ``generate`` it saves work, never changes the distribution:
-    - each distinct prompt is prefilled once and its cache copied to the rows that share it;
+    - each distinct prompt is prefilled once and its cache copied to the rows that share it, and the
+      prefixes that distinct prompts share run once too (``_prefill``);
     - a constrained position with a single allowed token has probability 1 under the mask: it is
       appended without sampling (log-prob 0), and the tokens of all such positions reach the model
       together in the next forward (rows' new tokens are right-aligned, shorter ones padded on the
@@ -279,13 +281,11 @@ def _sample_native(model, tokenizer, prompt_ids, cfg, temperature, tries, max_ne
     slot: dict[tuple[int, ...], int] = {}  # distinct prompt + forced tokens -> its row in the prefill
     expand = torch.tensor([slot.setdefault((*prompt_ids[i], *responses[i]), len(slot)) for i in active],
                           device=device)  # [B]
-    ids, mask = _left_pad([list(p) for p in slot], pad, device)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
-                logits_to_keep=1)
-    cache = out.cache
-    cache.batch_select_indices(expand)
-    mask = mask[expand]  # [B, W] attention mask of everything in the cache
-    logits = out.logits[expand, -1]  # [B, V]
+    cache, mask, logits = _prefill(model, list(slot), pad, device)
+    # Each row's cache row: copied out at the first decode forward (none when every action ends forced).
+    cache_rows = expand
+    mask = mask[expand]  # [B, W] attention mask of everything in the cache (holes masked)
+    logits = logits[expand]  # [B, V]
     fed = [len(r) for r in responses]  # response tokens already in the cache
 
     while True:
@@ -323,9 +323,12 @@ def _sample_native(model, tokenizer, prompt_ids, cfg, temperature, tries, max_ne
         # ---- drop finished rows, then feed every row's new tokens in one forward
         if len(still) < len(active):
             index = torch.tensor(still, device=device)
-            cache.batch_select_indices(index)
+            cache_rows = index if cache_rows is None else cache_rows[index]
             mask = mask[index]
             active = [active[b] for b in still]
+        if cache_rows is not None:
+            cache.batch_select_indices(cache_rows)
+            cache_rows = None
         new = [responses[i][fed[i]:] for i in active]
         for i in active:
             fed[i] = len(responses[i])
@@ -336,6 +339,24 @@ def _sample_native(model, tokenizer, prompt_ids, cfg, temperature, tries, max_ne
                     logits_to_keep=1)
         cache, logits = out.cache, out.logits[:, -1]
     return responses, scores
+
+
+def _prefill(model, sequences: list[tuple[int, ...]], pad_id: int, device):
+    """The KV cache [S rows], its attention mask [S, W] and the next-token logits [S, V] of distinct token
+    sequences, their shared prefixes run once: the scorer's levels (``_prompt_prefix_levels``) with each
+    sequence's last token as its feed. A row's cached positions are its tokens' own (masked holes between
+    its context and its last token), so positions counted from the mask continue each row correctly."""
+    fake = [Sample(list(seq), [pad_id], "", None) for seq in sequences]  # one scored state: after the last token
+    plan = _prompt_prefix_levels(fake, torch.tensor([len(seq) for seq in sequences]), pad_id, device)
+    backbone, head = backbone_and_head(model)
+    captured = []
+    hook = backbone.register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    try:
+        states, cache = _shared_prompt_states(model, plan, captured, keep_cache=True)
+    finally:
+        hook.remove()
+    # Distinct sequences make one feed each, numbered in their order: row k of the cache is sequence k's.
+    return cache, torch.cat([plan["context_mask"], plan["sample_attention"]], 1), head(states)
 
 
 def _sample_hf(model, tokenizer, prompt_ids, cfg, temperature, tries, max_new_tokens, logprobs):
@@ -454,13 +475,16 @@ def _prompt_prefix_levels(samples: list[Sample], prompt_len: torch.Tensor, pad_i
     constrained mask forces (its allowed tokens are the token alone) has log-prob and entropy 0 and no
     gradient whatever the model says: it is not scored, and the feed stops at the last scored token;
     samples whose feeds agree (one prompt's responses up to the action's choice) share one. An empty
-    context (1-token prompt) takes any cache row, masked out.
+    context (1-token prompt) takes any cache row, masked out. When the last level's columns [b_{m-1}, W)
+    cost no more than LEVEL_COST to repeat for each feed (F feeds over D contexts: (F - D)(W - b_{m-1})
+    tokens; none when every context has one feed), the feeds carry them instead: one model call fewer,
+    and no copy of the full-width cache (``merged``).
 
     Keys: ``prompt_levels`` (per level: ids [H, w], attention mask [H, b_j] over the columns so far,
     parent row [H] at the previous level); per distinct feed: ``context_mask`` [F, W], ``prompt_of``
     [F] (its context's row at the last level), ``sample_ids``, ``sample_attention``,
     ``sample_positions`` [F, R]; ``scored`` [N] (which response tokens are scored, row-major) and
-    ``scored_at`` [M, 2] (the feed row and position of each scored token's state)."""
+    ``scored_at`` [M, 2] (the feed row and position of each scored token's state); ``merged``."""
     contexts = sorted({tuple(s.prompt_ids[:-1]) for s in samples if len(s.prompt_ids) > 1})
     row_of = {c: k for k, c in enumerate(contexts)}
     scored = [[not (s.allowed and s.allowed[k] == [t]) for k, t in enumerate(s.response_ids)] for s in samples]
@@ -488,7 +512,7 @@ def _prompt_prefix_levels(samples: list[Sample], prompt_len: torch.Tensor, pad_i
            "sample_positions": (prompt_len[first][:, None] - 1 + torch.arange(sample_attention.shape[1])).to(device),
            "scored": torch.tensor([yes for flags in scored for yes in flags], dtype=torch.bool, device=device),
            "scored_at": torch.tensor(where, dtype=torch.long, device=device).reshape(-1, 2),
-           "prompt_levels": []}
+           "prompt_levels": [], "merged": False}
     width = max((len(c) for c in contexts), default=0)
     lengths = torch.tensor([len(c) for c in contexts], dtype=torch.long)  # [D]
     context_mask = torch.arange(width)[None, :] < lengths[:, None]  # [D, W]
@@ -506,20 +530,40 @@ def _prompt_prefix_levels(samples: list[Sample], prompt_len: torch.Tensor, pad_i
     def rows(b: int) -> torch.Tensor:  # [D]: each context's row among the distinct prefixes of length b
         return torch.cat([torch.zeros(1, dtype=torch.long), (lcp < b).long().cumsum(0)])
 
-    cuts = sorted({int(b) for b in lcp if b > 0} | {width})
+    ordered = sorted(lcp.tolist())
+    cuts = sorted({b for b in ordered if b > 0} | {width})
     best: dict[int, tuple[float, tuple[int, ...]]] = {0: (0.0, ())}
     for b in cuts:
-        h = 1 + int((lcp < b).sum())
+        h = 1 + bisect.bisect_left(ordered, b)  # 1 + #{k: lcp_k < b}
         best[b] = min((cost + h * (b - a) + LEVEL_COST, levels + (b,)) for a, (cost, levels) in best.items())
+    cuts = best[width][1]
     start, previous = 0, None
-    for b in best[width][1]:
-        row = rows(b)
-        first = torch.cat([torch.ones(1, dtype=torch.bool), row[1:] != row[:-1]]).nonzero().squeeze(-1)  # [H]
-        parent = previous[first] if previous is not None else torch.zeros(len(first), dtype=torch.long)
-        out["prompt_levels"].append((context_ids[first, start:b].to(device), context_mask[first, :b].long().to(device),
-                                     parent.to(device)))
-        start, previous = b, row
+    for b in cuts[:-1]:
+        start, previous = _add_level(out["prompt_levels"], rows(b), previous, context_ids, context_mask, start, b, device)
+    last = cuts[-1] - start
+    if bool(has_context.all()) and (len(feeds) - len(contexts)) * last <= LEVEL_COST:
+        # The feeds run the last level's columns themselves, on the cache of the level before it.
+        out["merged"] = True
+        out["sample_ids"] = torch.cat([context_ids[prompt_of, start:], sample_ids], 1).to(device)
+        out["sample_attention"] = torch.cat([context_mask[prompt_of, start:], sample_attention], 1).long().to(device)
+        out["sample_positions"] = torch.cat([torch.arange(start, width).expand(len(feeds), last),
+                                             prompt_len[first][:, None] - 1 + torch.arange(sample_attention.shape[1])],
+                                            1).to(device)
+        out["context_mask"] = out["context_mask"][:, :start]
+        out["prompt_of"] = (previous[prompt_of] if previous is not None else torch.zeros_like(prompt_of)).to(device)
+        out["scored_at"][:, 1] += last
+        return out
+    _add_level(out["prompt_levels"], rows(width), previous, context_ids, context_mask, start, width, device)
     return out
+
+
+def _add_level(levels: list, row: torch.Tensor, previous: torch.Tensor | None, context_ids: torch.Tensor,
+               context_mask: torch.Tensor, start: int, b: int, device) -> tuple[int, torch.Tensor]:
+    """Append the level of columns [start, b) of the distinct prefixes (``row``: each context's prefix row)."""
+    first = torch.cat([torch.ones(1, dtype=torch.bool), row[1:] != row[:-1]]).nonzero().squeeze(-1)  # [H]
+    parent = previous[first] if previous is not None else torch.zeros(len(first), dtype=torch.long)
+    levels.append((context_ids[first, start:b].to(device), context_mask[first, :b].long().to(device), parent.to(device)))
+    return b, row
 
 
 def _select_rows(cache, rows: torch.Tensor) -> None:
@@ -529,12 +573,13 @@ def _select_rows(cache, rows: torch.Tensor) -> None:
         layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
 
 
-def _shared_prompt_states(model, batch: dict[str, torch.Tensor], captured: list) -> torch.Tensor:
+def _shared_prompt_states(model, batch: dict[str, torch.Tensor], captured: list, keep_cache: bool = False):
     """Final hidden states [N, H] of the positions predicting the response tokens (row-major), each
     distinct prompt prefix run once (``_prompt_prefix_levels``): each level runs on its parents' KV
     cache, copied to their children, and the samples run on their contexts'. The copies are indices
     into the graph, so every sample's gradient reaches the prefixes it shares. Positions are the
-    columns (contexts are left-aligned); masked holes of shorter contexts are never attended."""
+    columns (contexts are left-aligned); masked holes of shorter contexts are never attended. With
+    ``keep_cache``, also the KV cache of the feeds' rows (prefixes and feeds), else None."""
     cache = None
     for ids, mask, parent in batch["prompt_levels"]:
         if cache is not None:
@@ -545,10 +590,11 @@ def _shared_prompt_states(model, batch: dict[str, torch.Tensor], captured: list)
     attention = batch["sample_attention"]  # [B, R]
     if cache is not None:
         _select_rows(cache, batch["prompt_of"])
-    model(input_ids=batch["sample_ids"], attention_mask=torch.cat([batch["context_mask"], attention], 1),
-          position_ids=batch["sample_positions"], cache=cache, use_cache=cache is not None, logits_to_keep=1)
+    out = model(input_ids=batch["sample_ids"], attention_mask=torch.cat([batch["context_mask"], attention], 1),
+                position_ids=batch["sample_positions"], cache=cache, use_cache=keep_cache or cache is not None,
+                logits_to_keep=1)
     rows, positions = batch["scored_at"].unbind(-1)
-    return captured[-1][rows, positions]
+    return captured[-1][rows, positions], out.cache if keep_cache else None
 
 
 def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -583,7 +629,7 @@ def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1
     where = batch["response_mask"].bool()  # [B, L-1]
     try:
         if "prompt_of" in batch:
-            states = _shared_prompt_states(model, batch, captured)  # [N, H]
+            states, _ = _shared_prompt_states(model, batch, captured)  # [N, H]
         else:
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
             states = captured[-1][:, :-1][where]  # [N, H]
