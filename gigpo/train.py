@@ -16,6 +16,7 @@ Deliberate simplifications against the paper's verl-based setup, and why:
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -252,8 +253,9 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
     # ---- build: policy, optimizer, environments; resume from the last checkpoint if any
     seed_everything(cfg.train.seed)
     policy, reference, tokenizer = build_policy(cfg, run_dir)
+    # foreach: one fused loop over the tensors, the same numbers as the per-tensor loop (CUDA's default already)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.train.lr,
-                                  weight_decay=cfg.train.weight_decay)
+                                  weight_decay=cfg.train.weight_decay, foreach=True)
     # algo=ppo: a learned critic beside the policy (gigpo.critic), trained on every rank alike
     critic, critic_optimizer = build_critic(cfg, policy) if cfg.algo.name == "ppo" else (None, None)
     start, env_steps, wall_offset = 0, 0, 0.0
@@ -292,6 +294,11 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
     wall_start = time.perf_counter() - wall_offset
     final_val: dict[str, float] = {}
     bar = console.IterationBar(cfg, start, env_steps, disable=not main_rank)
+    # What is built so far lives as long as the run: kept out of the cyclic collector's sight, whose full
+    # passes over those ~400k objects (torch, transformers, Hydra) took ~0.2 s each, one every few
+    # iterations of the default run (11% of its time). Given back to it when the run ends, so that a
+    # multirun's finished runs are collected.
+    gc.freeze()
 
     try:
         for iteration in range(start, cfg.train.iterations):
@@ -423,6 +430,7 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
         if on_validation is not None:
             on_validation(last, env_steps, final_val)
     finally:
+        gc.unfreeze()
         bar.close()
         for runner in (train_runner, val_runner):
             if runner is not None:

@@ -420,6 +420,22 @@ def test_second_run_in_a_process_reports_its_own_peak(tmp_path):
     assert first - second > 300, (first, second)
 
 
+
+def test_a_run_keeps_its_setup_from_the_collector_and_hands_it_back(tmp_path):
+    # During the loop the objects built before it are frozen (no full collections over them); after the
+    # run nothing stays frozen, so a multirun's finished runs are collected like any garbage.
+    import gc
+
+    from gigpo.train import train
+
+    frozen = []
+    gc.unfreeze()
+    train(compose_cfg([*TINY, "train.iterations=1"], tmp_path / "run"),
+          on_validation=lambda iteration, env_steps, val: frozen.append(gc.get_freeze_count()))
+    assert frozen and min(frozen) > 10_000, frozen
+    assert gc.get_freeze_count() == 0
+
+
 # ---- 12. process hygiene ----
 
 def test_failed_check_leaves_no_folder_and_slashes_never_nest(tmp_path):
