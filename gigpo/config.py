@@ -292,7 +292,8 @@ class TrainConfig:
     mini_batch_size: int = 128
     """Samples (env steps) per optimizer step."""
     micro_batch_size: int = 64
-    """Samples per forward pass (gradient accumulation inside a mini-batch)."""
+    """Distinct samples per forward pass (gradient accumulation inside a mini-batch); the embedded tiny
+    default (conf/config.yaml) sets 128, a whole mini-batch."""
     grad_clip: float = 1.0
     """Gradient norm clip per optimizer step; 0: no clipping (as DeepSpeed reads 0)."""
     val_every: int = field(default=10, metadata=LOGGING)

@@ -36,6 +36,8 @@ Scoring with ``share_prompts`` runs each distinct prompt prefix of a batch once,
 other's KV caches (``_prompt_prefix_levels``), and the responses on their prompts' caches. The
 prompt's last token is fed with the response, so no state the loss reads comes out of a prompt
 pass: the backward never enters the last layer's attention output and MLP at prompt positions.
+The native sampler prefills its distinct prompts on the same plan (``_prefill``), each prompt's last
+token as its feed, and decodes on from those caches.
 """
 
 from __future__ import annotations
