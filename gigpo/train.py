@@ -296,7 +296,7 @@ def train(cfg: DictConfig, on_validation: Callable[[int, int, dict], None] | Non
     bar = console.IterationBar(cfg, start, env_steps, disable=not main_rank)
     # What is built so far lives as long as the run: kept out of the cyclic collector's sight, whose full
     # passes over those ~400k objects (torch, transformers, Hydra) took ~0.2 s each, one every few
-    # iterations of the default run (11% of its time). Given back to it when the run ends, so that a
+    # iterations of the default run (about 10% of its time). Given back to it when the run ends, so that a
     # multirun's finished runs are collected.
     gc.freeze()
 
