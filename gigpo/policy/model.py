@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import weakref
 from dataclasses import dataclass
 
@@ -434,8 +435,8 @@ def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None
     position = torch.arange(width)  # [L]
     attention = (position < lengths[:, None]).long()  # [B, L]
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    tokens = [t for s in samples for t in (*s.prompt_ids, *s.response_ids)]
-    ids[attention.bool()] = torch.tensor(tokens, dtype=torch.long)
+    ids[attention.bool()] = _longs(itertools.chain.from_iterable(part for s in samples
+                                                                 for part in (s.prompt_ids, s.response_ids)))
     target = position[:-1]  # aligned with targets ids[:, 1:]
     response_mask = ((target >= prompt_len[:, None] - 1) & (target < lengths[:, None] - 1)).float()  # [B, L-1]
     batch = {"input_ids": ids.to(device), "attention_mask": attention.to(device), "response_mask": response_mask.to(device)}
@@ -449,12 +450,17 @@ def pad_batch(samples: list[Sample], pad_id: int, device, vocab_size: int | None
                 tokens.extend(options)
             row += len(s.response_ids)
         allowed = torch.ones((row, vocab_size), dtype=torch.bool)  # [N, V]
-        allowed[constrained] = False
-        allowed[rows, tokens] = True
+        allowed[_longs(constrained)] = False
+        allowed[_longs(rows), _longs(tokens)] = True
         batch["allowed"] = allowed.to(device)
     if share_prompts:
         batch.update(_prompt_prefix_levels(samples, prompt_len, pad_id, device))
     return batch
+
+
+def _longs(values) -> torch.Tensor:
+    """An int64 tensor of an iterable of ints, through numpy (torch.tensor of a Python list costs 3x more)."""
+    return torch.from_numpy(np.fromiter(values, dtype=np.int64))
 
 
 LEVEL_COST = 128
@@ -504,7 +510,7 @@ def _prompt_prefix_levels(samples: list[Sample], prompt_len: torch.Tensor, pad_i
     lengths = torch.tensor([len(key) - 1 for key in feeds])  # [F]
     sample_attention = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [F, R]
     sample_ids = torch.full(sample_attention.shape, pad_id, dtype=torch.long)
-    sample_ids[sample_attention] = torch.tensor([t for key in feeds for t in key[1:]])
+    sample_ids[sample_attention] = _longs(t for key in feeds for t in key[1:])
     has_context = torch.tensor([key[0] >= 0 for key in feeds])  # [F]
     prompt_of = torch.tensor([max(key[0], 0) for key in feeds])  # [F]
     # The state at feed position k predicts response token k: one per scored token, row-major over samples.
@@ -512,15 +518,15 @@ def _prompt_prefix_levels(samples: list[Sample], prompt_len: torch.Tensor, pad_i
     out = {"prompt_of": prompt_of.to(device), "sample_ids": sample_ids.to(device),
            "sample_attention": sample_attention.long().to(device),
            "sample_positions": (prompt_len[first][:, None] - 1 + torch.arange(sample_attention.shape[1])).to(device),
-           "scored": torch.tensor([yes for flags in scored for yes in flags], dtype=torch.bool, device=device),
-           "scored_at": torch.tensor(where, dtype=torch.long, device=device).reshape(-1, 2),
+           "scored": torch.from_numpy(np.fromiter(itertools.chain.from_iterable(scored), dtype=bool)).to(device),
+           "scored_at": _longs(itertools.chain.from_iterable(where)).reshape(-1, 2).to(device),
            "prompt_levels": [], "merged": False}
     width = max((len(c) for c in contexts), default=0)
     lengths = torch.tensor([len(c) for c in contexts], dtype=torch.long)  # [D]
     context_mask = torch.arange(width)[None, :] < lengths[:, None]  # [D, W]
     context_ids = torch.full(context_mask.shape, pad_id, dtype=torch.long)
     if contexts:
-        context_ids[context_mask] = torch.tensor([t for c in contexts for t in c])
+        context_ids[context_mask] = _longs(itertools.chain.from_iterable(contexts))
     if not contexts:  # 1-token prompts only: the feeds run alone
         out["context_mask"] = torch.zeros((len(feeds), 0), dtype=torch.long, device=device)
         return out
