@@ -43,6 +43,7 @@ token as its feed, and decodes on from those caches.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import itertools
 import weakref
@@ -351,13 +352,8 @@ def _prefill(model, sequences: list[tuple[int, ...]], pad_id: int, device):
     its context and its last token), so positions counted from the mask continue each row correctly."""
     fake = [Sample(list(seq), [pad_id], "", None) for seq in sequences]  # one scored state: after the last token
     plan = _prompt_prefix_levels(fake, torch.tensor([len(seq) for seq in sequences]), pad_id, device)
-    backbone, head = backbone_and_head(model)
-    captured = []
-    hook = backbone.register_forward_hook(lambda module, args, out: captured.append(out[0]))
-    try:
+    with _final_states(model) as (head, captured):
         states, cache = _shared_prompt_states(model, plan, captured, keep_cache=True)
-    finally:
-        hook.remove()
     # Distinct sequences make one feed each, numbered in their order: row k of the cache is sequence k's.
     return cache, torch.cat([plan["context_mask"], plan["sample_attention"]], 1), head(states)
 
@@ -621,6 +617,20 @@ def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     return backbone, head
 
 
+@contextlib.contextmanager
+def _final_states(model):
+    """(LM head, list the decoder's final hidden states of each model call are appended to) while open.
+    The model itself is called (so DeepSpeed's and peft's hooks on it run) with logits for the last
+    position only; the states come from a forward hook on its decoder."""
+    backbone, head = backbone_and_head(model)
+    captured = []
+    hook = backbone.register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    try:
+        yield head, captured
+    finally:
+        hook.remove()
+
+
 def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
                    top_k: int = 0, top_p: float = 1.0, entropy_grad: bool = True):
     """log pi(y_t | y_<t) of every response token, [B, L-1] (0 elsewhere), and the entropy of pi at
@@ -629,20 +639,13 @@ def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1
     pi is softmax(warp(z / T)) with z the logits, masked to the allowed tokens under constrained
     decoding, and warp the sampler's top-k/top-p (``sampling_warpers``): the distribution sampled from.
     """
-    backbone, head = backbone_and_head(model)
-    # The model itself is called (so DeepSpeed's and peft's hooks on it run) with logits for the last
-    # position only; the decoder's final hidden states are taken from a hook on it.
-    captured = []
-    hook = backbone.register_forward_hook(lambda module, args, out: captured.append(out[0]))
     where = batch["response_mask"].bool()  # [B, L-1]
-    try:
+    with _final_states(model) as (head, captured):
         if "prompt_of" in batch:
             states, _ = _shared_prompt_states(model, batch, captured)  # [N, H]
         else:
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
             states = captured[-1][:, :-1][where]  # [N, H]
-    finally:
-        hook.remove()
     targets = batch["input_ids"][:, 1:][where]  # [N]
     allowed = batch.get("allowed")  # [N, V] or None
     scored = batch.get("scored")  # [N]: False where the mask allows only the target (log-prob and entropy 0)
