@@ -216,8 +216,8 @@ def test_rollout_mismatch_is_measured_against_the_recomputed_old_logprobs(temper
 
     model, tokenizer, samples = perturbed_rollout(temperature)
     cfg = compose_cfg(["model.constrained=false", "train.mini_batch_size=64", "train.lr=0"])
-    with torch.no_grad():
-        batch = pad_batch(samples, tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():  # the trainer's log-probs as the update computes them (shared prompts)
+        batch = pad_batch(samples, tokenizer.pad_token_id, "cpu", share_prompts=True)
         logp, _ = token_logprobs(model.eval(), batch, 1.0)
     diffs = torch.cat([logp[i, len(s.prompt_ids) - 1 : len(s.prompt_ids) - 1 + len(s.response_ids)]
                        - torch.tensor(s.logprobs) for i, s in enumerate(samples)])

@@ -563,3 +563,84 @@ def test_native_prefill_of_shared_prefixes_equals_generate_and_the_scorer(sharp_
             start = len(s.prompt_ids) - 1
             torch.testing.assert_close(logp[i, start : start + len(s.response_ids)], torch.tensor(s.logprobs),
                                        atol=1e-4, rtol=0.0)
+
+
+def tiny_qwen2(**extra):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, **extra))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("cached", [False, True])
+def test_last_layer_at_the_read_positions_equals_the_full_forward_and_its_gradients(attention, holes, cached):
+    # The last decoder layer run at a few (row, position) only: the states there and every parameter's
+    # gradient equal the full forward's. sdpa without holes gets no mask from transformers (plain causal);
+    # eager gets an additive float mask; with a cache, the keys include earlier columns.
+    from gigpo.policy.model import _final_states, _last_layer_at
+
+    model = tiny_qwen2(attn_implementation=attention)
+    ids = torch.randint(2, 50, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    if holes:
+        mask[0, :2] = 0
+        mask[2, 3] = 0
+    split = 4 if cached else 0
+    # (row, position) read: several per row, out of order; position 0 where there is no cache
+    at = torch.tensor([[0, 6], [2, 4], [2, 6], [1, 5], [0, 5]] + ([] if cached else [[1, 0]]))
+    weights = torch.randn(len(at), 32)
+
+    def states(restricted: bool):
+        model.zero_grad()
+        with _final_states(model) as (_, captured):
+            cache = None
+            if cached:  # the first columns on their own, as a prefix level: only their keys and values are read
+                with _last_layer_at(model, at[:0]):
+                    cache = model(input_ids=ids[:, :split], attention_mask=mask[:, :split], use_cache=True).cache
+            kwargs = dict(attention_mask=mask if holes or cached else None, cache=cache, use_cache=cached,
+                          position_ids=torch.arange(split, 7).expand(3, -1) if cached else None)
+            local = at - torch.tensor([0, split])
+            if restricted:
+                layer = model.model.layers[-1]
+                with _last_layer_at(model, local) as compact:
+                    assert compact and "forward" in vars(layer)
+                    model(input_ids=ids[:, split:], **kwargs)
+                assert "forward" not in vars(layer)  # the class's own forward again
+                out = captured[-1][:, 0]
+            else:
+                model(input_ids=ids[:, split:], **kwargs)
+                out = captured[-1][local[:, 0], local[:, 1]]
+        (out * weights).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, restricted = states(False), states(True)
+    torch.testing.assert_close(restricted[0], full[0], atol=1e-5, rtol=0.0)
+    assert restricted[1].keys() == full[1].keys()
+    for name, grad in full[1].items():
+        torch.testing.assert_close(restricted[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_last_layer_at_leaves_a_sliding_window_layer_whole():
+    from gigpo.policy.model import _last_layer_at
+
+    model = tiny_qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    assert model.model.layers[-1].self_attn.sliding_window == 4
+    with _last_layer_at(model, torch.tensor([[0, 1]])) as compact:
+        assert not compact and "forward" not in vars(model.model.layers[-1])
+
+
+def test_row_copy_gradient_is_index_selects_from_a_strided_gradient():
+    from gigpo.policy.model import _Rows
+
+    rows = torch.tensor([0, 0, 2, 1, 2, 2])
+    source = torch.randn(3, 4, 5, 2, requires_grad=True)
+    grad = torch.randn(6, 5, 4, 2).transpose(1, 2)  # strided, as the attention's key gradients arrive
+    assert not grad.is_contiguous()
+    expected, = torch.autograd.grad(source.index_select(0, rows), source, grad)
+    copied = _Rows.apply(source, rows)
+    assert torch.equal(copied, source.index_select(0, rows))
+    assert torch.equal(torch.autograd.grad(copied, source, grad)[0], expected)
