@@ -79,6 +79,7 @@ def run_method(algo: str, iterations: int, overrides: list[str], out: Path, root
     iteration_s = [r["time/rollout_s"] + r["time/advantage_s"] + r["time/update_s"] for r in rows]
     return {
         "iteration_s": statistics.median(iteration_s),
+        "iterations_s": iteration_s,
         "rollout_s": statistics.median(r["time/rollout_s"] for r in rows),
         "update_s": statistics.median(r["time/update_s"] for r in rows),
         "advantage_s": statistics.median(r["time/advantage_s"] for r in rows),
@@ -151,6 +152,10 @@ def compare(revision: str, iterations: int, repeats: int, overrides: list[str]) 
           f"{repeats} x {iterations} iterations each, warm-up dropped)")
     for m in ("iteration_s", "rollout_s", "update_s"):
         print(f"{m:10} {b[m]:9.3f} {a[m]:9.3f} {b[m] / a[m]:12.2f}x")
+    # The mean counts what a median leaves out: rare pauses (a garbage collection, a slow env reset).
+    mean = {k: statistics.fmean(x for r in rows for x in r["iterations_s"]) for k, rows in results.items()}
+    print(f"{'mean':10} {mean['before']:9.3f} {mean['after']:9.3f} {mean['before'] / mean['after']:12.2f}x"
+          "  (iteration, every timed iteration)")
     print(host(threads))
 
 
@@ -176,7 +181,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for algo in results:
                 results[algo].append(run_method(algo, args.iterations, args.overrides, Path(tmp)))
-    summary = {algo: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for algo, rows in results.items()}
+    summary = {algo: {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "iterations_s"} for algo, rows in results.items()}
     print(host(run_threads(args.overrides)))
     print(f"{'method':8} {'iteration s':>12} {'advantage s':>12} {'peak MiB':>10} {'env steps':>10}")
     for algo, s in summary.items():
