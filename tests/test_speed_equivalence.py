@@ -624,13 +624,18 @@ def test_last_layer_at_the_read_positions_equals_the_full_forward_and_its_gradie
         torch.testing.assert_close(restricted[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_last_layer_at_leaves_a_sliding_window_layer_whole():
+def test_last_layer_at_leaves_sliding_window_and_flash_attention_layers_whole():
     from gigpo.policy.model import _last_layer_at
 
     model = tiny_qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=0)
     assert model.model.layers[-1].self_attn.sliding_window == 4
-    with _last_layer_at(model, torch.tensor([[0, 1]])) as compact:
-        assert not compact and "forward" not in vars(model.model.layers[-1])
+    flash = tiny_qwen2()
+    flash.config._attn_implementation = "flash_attention_2"  # takes padding masks, not the 4D mask selected here
+    for leave in (model, flash):
+        with _last_layer_at(leave, torch.tensor([[0, 1]])) as compact:
+            assert not compact and "forward" not in vars(leave.model.layers[-1])
+    with _last_layer_at(tiny_qwen2(), torch.tensor([[0, 1]])) as compact:
+        assert compact
 
 
 def test_row_copy_gradient_is_index_selects_from_a_strided_gradient():

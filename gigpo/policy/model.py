@@ -634,12 +634,14 @@ def _shared_prompt_states(model, batch: dict[str, torch.Tensor], captured: list,
 def _last_layer_at(model, at: torch.Tensor):
     """While open, the model's last decoder layer computes its output only at ``at`` [M, 2] (row,
     position) and returns it as [M, 1, H]; keys and values still at every position (the cache gets
-    them all). Yields whether it applies (a Qwen2 layer without sliding window; else the model is
-    left as it is and the full output comes back)."""
+    them all). Yields whether it applies: a Qwen2 layer without sliding window, under sdpa or eager
+    attention (the kernels that take a 4D mask; flash-attention's take padding masks). Otherwise the
+    model is left as it is and the full output comes back."""
     backbone, _ = backbone_and_head(model)
     layers = getattr(backbone, "layers", None)
     layer = layers[-1] if layers is not None and len(layers) else None
-    if not (isinstance(layer, Qwen2DecoderLayer) and layer.self_attn.sliding_window is None):
+    if not (isinstance(layer, Qwen2DecoderLayer) and layer.self_attn.sliding_window is None
+            and layer.self_attn.config._attn_implementation in ("sdpa", "eager")):
         yield False
         return
     layer.forward = functools.partial(_decoder_layer_at, layer, at)
@@ -676,7 +678,7 @@ def _decoder_layer_at(layer, at: torch.Tensor, hidden_states: torch.Tensor, atte
         mask = (span <= keys.shape[2] - length + positions[:, None])[:, None, None]  # [M, 1, 1, K]
     else:
         mask = attention_mask.expand(batch, -1, length, -1)[rows, :, positions][:, :, None]  # [M, 1, 1, K]
-    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)  # sdpa, eager
     out, _ = interface(attn, query, _Rows.apply(keys, rows), _Rows.apply(values, rows), mask,
                        dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling,
                        sliding_window=None)
