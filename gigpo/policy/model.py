@@ -38,7 +38,7 @@ prompt's last token is fed with the response, so no state the loss reads comes o
 pass. Only the positions whose states are read need the last decoder layer's output; the others
 need its keys and values alone. So the last Qwen2 layer runs its queries, attention output and MLP
 at the read positions only (``_last_layer_at``): none in a prefix level, one to a few in a feed of
-some 25 tokens on the default config (the update's forward and backward, 189 -> 162 ms).
+some 25 tokens on the default config (the default update of fixed batches, 189 -> 162 ms).
 The native sampler prefills its distinct prompts on the same plan (``_prefill``), each prompt's last
 token as its feed, and decodes on from those caches.
 """
