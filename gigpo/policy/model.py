@@ -652,13 +652,17 @@ def _last_layer_at(model, at: torch.Tensor):
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of one tensor, x cos + rotate_half(x) sin (transformers' ``apply_rotary_pos_emb``
+    rotates queries and keys of one shape together; here the queries are a few rows of the keys')."""
     return x * cos + rotate_half(x) * sin
 
 
 def _decoder_layer_at(layer, at: torch.Tensor, hidden_states: torch.Tensor, attention_mask=None, position_ids=None,
                       cache=None, use_cache=False, position_embeddings=None, **kwargs) -> torch.Tensor:
-    """``Qwen2DecoderLayer.forward`` with queries at ``at`` only (``_last_layer_at``): the rows of the
-    other positions are never read (the model's last layer), so their attention output and MLP are skipped."""
+    """``Qwen2DecoderLayer.forward`` with queries at ``at`` only (``_last_layer_at``). With n, n' the two
+    RMS norms: keys and values of n(x) at every position (into the cache), then at each read position p
+    y_p = x_p + o(attention(q(n(x_p)), K, V)) and out_p = y_p + mlp(n'(y_p)). The rows of the other
+    positions are never read (the model's last layer), so their attention output and MLP are skipped."""
     attn = layer.self_attn
     batch, length, _ = hidden_states.shape
     h = layer.input_layernorm(hidden_states)  # [B, L, H]
