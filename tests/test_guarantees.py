@@ -420,7 +420,6 @@ def test_second_run_in_a_process_reports_its_own_peak(tmp_path):
     assert first - second > 300, (first, second)
 
 
-
 def test_a_run_keeps_its_setup_from_the_collector_and_hands_it_back(tmp_path):
     # During the loop the objects built before it are frozen (no full collections over them); after the
     # run nothing stays frozen, so a multirun's finished runs are collected like any garbage.

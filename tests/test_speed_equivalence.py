@@ -44,6 +44,15 @@ def policy():
     return cfg, model, tokenizer
 
 
+def tiny_qwen2(**extra):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, **extra))
+
+
 def prompts(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     words = "the box is on a wall you see player target red blue".split()
@@ -172,14 +181,9 @@ def test_pad_batch_equals_the_per_row_loop():
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean"])
 def test_deduplicated_micro_batches_give_the_plain_mini_batch_loss_and_gradients(loss_agg):
     from omegaconf import OmegaConf
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from gigpo.ppo import Scorer
 
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1))
+    model = tiny_qwen2()
     samples = random_samples(random.Random(1), 40, duplicates=True)
     advantages = np.random.default_rng(0).normal(size=len(samples))
     cfg = OmegaConf.create({
@@ -240,15 +244,10 @@ def prompt_set(kind: str, rng: random.Random) -> list[list[int]]:
 @pytest.mark.parametrize("prompts_kind, level_cost", [("random", 32), ("shared", 0), ("shared", 32), ("one_token", 0),
                                                      ("one_feed", 0), ("one_feed", 32), ("one_feed", 64)])
 def test_shared_prompt_scoring_equals_plain_scoring_with_gradients(constrained, prompts_kind, level_cost, monkeypatch):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     import gigpo.policy.model
 
     monkeypatch.setattr(gigpo.policy.model, "LEVEL_COST", level_cost)  # 0: a level at every shared prefix
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1))
+    model = tiny_qwen2()
     rng = random.Random(2)
     prompts_ = prompt_set(prompts_kind, rng)
     samples = []
@@ -296,12 +295,7 @@ def test_shared_prompt_scoring_equals_plain_scoring_with_gradients(constrained, 
 
 
 def test_shared_prompt_scoring_of_wholly_forced_responses_is_zero_and_keeps_the_graph():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1))
+    model = tiny_qwen2()
     samples = [Sample([5, 6, 7], [8, 9], "", [[8], [9]]), Sample([5, 6], [4], "", [[4]])]  # nothing to choose
     for share in (False, True):
         model.zero_grad()
@@ -563,15 +557,6 @@ def test_native_prefill_of_shared_prefixes_equals_generate_and_the_scorer(sharp_
             start = len(s.prompt_ids) - 1
             torch.testing.assert_close(logp[i, start : start + len(s.response_ids)], torch.tensor(s.logprobs),
                                        atol=1e-4, rtol=0.0)
-
-
-def tiny_qwen2(**extra):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    return Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                        tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, **extra))
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])

@@ -133,9 +133,9 @@ def _carve(rng: np.random.Generator, dim: int) -> tuple[np.ndarray, list[tuple[i
         floor.add(position)
         if rng.random() < 0.35:
             direction = DELTAS[int(rng.integers(4))]
-        row, col = position[0] + direction[0], position[1] + direction[1]
-        if 1 <= row < dim - 1 and 1 <= col < dim - 1:
-            position = (row, col)
+        candidate = _step_cell(position, direction)
+        if 1 <= candidate[0] < dim - 1 and 1 <= candidate[1] < dim - 1:
+            position = candidate
     floor.add(position)
     floor = sorted(floor)
     walls = np.ones((dim, dim), dtype=bool)
@@ -149,9 +149,8 @@ def _reverse_play(rng: np.random.Generator, room: Room, gen_steps: int) -> None:
     A reverse move from ``p`` in direction ``d`` puts the player on ``p + d`` and pulls a box at
     ``p - d`` onto ``p``: exactly the inverse of a forward push, which keeps the room solvable.
     """
-    deltas = list(ACTIONS.values())
     for _ in range(gen_steps):
-        delta = deltas[int(rng.integers(4))]
+        delta = DELTAS[int(rng.integers(4))]
         destination = _step_cell(room.player, delta)
         if not room.free(destination):
             continue

@@ -624,10 +624,9 @@ def _shared_prompt_states(model, batch: dict[str, torch.Tensor], captured: list,
         out = model(input_ids=batch["sample_ids"], attention_mask=torch.cat([batch["context_mask"], attention], 1),
                     position_ids=batch["sample_positions"], cache=cache, use_cache=keep_cache or cache is not None,
                     logits_to_keep=1)
-    if compact:
-        return captured[-1][:, 0], out.cache if keep_cache else None
     rows, positions = batch["scored_at"].unbind(-1)
-    return captured[-1][rows, positions], out.cache if keep_cache else None
+    states = captured[-1][:, 0] if compact else captured[-1][rows, positions]  # compact: [M, 1, H] already
+    return states, out.cache if keep_cache else None
 
 
 @contextlib.contextmanager
